@@ -1,0 +1,5 @@
+import sys
+
+from textvae.cli import main
+
+sys.exit(main())

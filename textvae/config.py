@@ -1,0 +1,407 @@
+"""Typed configuration for textvae.
+
+Every YAML file in ``configs/`` mirrors :class:`Config`: top-level sections
+``model``, ``data``, ``tokenizer`` and ``train`` map onto the dataclasses below.
+Unknown keys are errors that list the valid ones; values are coerced to the
+field's type; ``--set train.kl.warmup_steps=5000`` style overrides are applied
+to the YAML before it is turned into dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from textvae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the sentence VAE (see ``textvae/model.py``)."""
+
+    vocab_size: int = 0
+    """Size of the token vocabulary; 0 means "take it from the tokenizer"."""
+    d_model: int = 256
+    """Width of the encoder and the decoder."""
+    n_heads: int = 4
+    """Attention heads per layer; must divide d_model."""
+    enc_layers: int = 2
+    """Transformer blocks in the encoder."""
+    dec_layers: int = 2
+    """Transformer blocks in the decoder."""
+    d_ff: int = 0
+    """Hidden width of each MLP; 0 means 4 * d_model."""
+    dropout: float = 0.1
+    """Dropout on attention outputs, MLP outputs and embeddings."""
+    latent_dim: int = 32
+    """Dimension of z."""
+    pooling: str = "mean"
+    """How the encoder summarises a sentence: 'mean' (masked mean) or 'cls' (the bos position)."""
+    z_injection: str = "both"
+    """How z reaches the decoder: 'memory' (an extra key/value slot at every layer),
+    'embedding' (added to every input embedding) or 'both' (Li et al. 2020, Optimus)."""
+    max_len: int = 64
+    """Longest token sequence, bos/eos included, that the model handles."""
+
+    def __post_init__(self) -> None:
+        if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be a positive multiple of model.n_heads ({self.n_heads})")
+        if self.enc_layers < 1 or self.dec_layers < 1:
+            raise ConfigError("model.enc_layers and model.dec_layers must be at least 1")
+        if self.latent_dim < 1:
+            raise ConfigError("model.latent_dim must be at least 1")
+        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        _choice("model.z_injection", self.z_injection, ("memory", "embedding", "both"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.max_len < 4:
+            raise ConfigError("model.max_len must be at least 4")
+        if self.vocab_size < 0 or self.d_ff < 0:
+            raise ConfigError("model.vocab_size and model.d_ff must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus comes from and how it is cleaned and batched (``textvae/data.py``)."""
+
+    train: str = "data/bible/train.jsonl.gz"
+    """Training data: a local .txt/.csv/.tsv/.json/.jsonl/.parquet file (optionally .gz) or a hub dataset name."""
+    valid: Optional[str] = "data/bible/valid.jsonl.gz"
+    """Validation data (same forms); with a hub name, the split named by valid_split is used."""
+    test: Optional[str] = None
+    """Test data (same forms), used by evaluation commands."""
+    train_split: str = "train"
+    """Split name to read from a hub dataset (local files always give 'train')."""
+    valid_split: str = "validation"
+    """Split name of the validation data on a hub dataset."""
+    test_split: str = "test"
+    """Split name of the test data on a hub dataset."""
+    text_column: str = "text"
+    """Column holding the sentence (.txt files always have 'text')."""
+    label_column: Optional[str] = None
+    """Optional column with a style/attribute label for each sentence."""
+    min_words: int = 1
+    """Drop sentences with fewer whitespace-separated words."""
+    max_words: int = 0
+    """Drop sentences with more words; 0 means no limit."""
+    batch_size: int = 64
+    """Sentences per batch (per optimiser micro-step)."""
+    bucket_size: int = 50
+    """Length bucketing: this many batches are drawn at random, sorted by length, cut into batches."""
+    num_proc: int = 1
+    """Processes for datasets.map tokenisation."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.bucket_size < 1:
+            raise ConfigError("data.batch_size and data.bucket_size must be at least 1")
+        if self.min_words < 0 or self.max_words < 0:
+            raise ConfigError("data.min_words and data.max_words must be >= 0")
+        if self.max_words and self.max_words < self.min_words:
+            raise ConfigError("data.max_words must be >= data.min_words")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Tokenizer trained on the training split, or a pretrained one (``textvae/tokenizer.py``)."""
+
+    kind: str = "bpe"
+    """'bpe' (byte-level BPE with the tokenizers library), 'unigram' (sentencepiece) or 'pretrained'."""
+    vocab_size: int = 8000
+    """Target vocabulary size for a trained tokenizer, special tokens included."""
+    min_frequency: int = 2
+    """BPE: merges need at least this many occurrences."""
+    path: Optional[str] = None
+    """'pretrained': a folder (or hub name) that transformers.AutoTokenizer can load."""
+    lowercase: bool = False
+    """Lowercase text before tokenising (trained tokenizers only)."""
+
+    def __post_init__(self) -> None:
+        _choice("tokenizer.kind", self.kind, ("bpe", "unigram", "pretrained"))
+        if self.kind == "pretrained" and not self.path:
+            raise ConfigError("tokenizer.kind 'pretrained' needs tokenizer.path")
+        if self.kind != "pretrained" and self.vocab_size < 16:
+            raise ConfigError("tokenizer.vocab_size must be at least 16")
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    """Weight of the KL term (beta) over training and the free-bits floor (``textvae/schedules.py``)."""
+
+    schedule: str = "linear"
+    """'constant', 'linear', 'sigmoid' (Bowman et al. 2016) or 'cyclical' (Fu et al. 2019)."""
+    beta_max: float = 1.0
+    """Final (or per-cycle maximum) KL weight."""
+    start_step: int = 0
+    """Beta is 0 before this step (except 'constant')."""
+    warmup_steps: int = 1000
+    """linear/sigmoid: steps from 0 to beta_max."""
+    cycles: int = 4
+    """cyclical: number of cycles over train.max_steps."""
+    ratio: float = 0.5
+    """cyclical: fraction of each cycle spent increasing beta; the rest stays at beta_max."""
+    free_bits: float = 0.0
+    """KL thresholding per latent dimension in nats (Kingma et al. 2016; Li et al. 2019); 0 disables."""
+
+    def __post_init__(self) -> None:
+        _choice("train.kl.schedule", self.schedule, ("constant", "linear", "sigmoid", "cyclical"))
+        if self.beta_max < 0 or self.free_bits < 0:
+            raise ConfigError("train.kl.beta_max and train.kl.free_bits must be >= 0")
+        if self.warmup_steps < 0 or self.start_step < 0 or self.cycles < 1:
+            raise ConfigError("train.kl.warmup_steps and start_step must be >= 0, cycles >= 1")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"train.kl.ratio must be in (0, 1], got {self.ratio}")
+
+
+@dataclass(frozen=True)
+class WordDropoutConfig:
+    """Word dropout on decoder inputs (Bowman et al. 2016)."""
+
+    rate: float = 0.0
+    """Probability of replacing a decoder input token by unk (final rate if annealed)."""
+    schedule: str = "constant"
+    """'constant' or 'linear' (from 0 to rate over warmup_steps)."""
+    warmup_steps: int = 0
+    """Steps of the linear ramp."""
+
+    def __post_init__(self) -> None:
+        _choice("train.word_dropout.schedule", self.schedule, ("constant", "linear"))
+        if not 0.0 <= self.rate < 1.0:
+            raise ConfigError(f"train.word_dropout.rate must be in [0, 1), got {self.rate}")
+        if self.warmup_steps < 0:
+            raise ConfigError("train.word_dropout.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop (``textvae/train.py``)."""
+
+    seed: int = 0
+    """Seeds data order, initialisation, dropout and z noise."""
+    max_steps: int = 2000
+    """Optimiser steps."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear learning-rate warmup."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to norms, biases and embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    precision: str = "auto"
+    """'auto' (bf16 on a CUDA GPU that supports it, else fp16; fp32 on CPU), 'fp32', 'bf16' or 'fp16'."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    threads: int = 0
+    """CPU threads for torch; 0 leaves torch's default."""
+    eval_every: int = 500
+    """Validate every this many steps (and at the end); 0 only at the end."""
+    eval_batches: int = 0
+    """Validation batches per evaluation; 0 means the whole validation set."""
+    save_every: int = 500
+    """Write a checkpoint every this many steps (and at the end); 0 only at the end."""
+    log_every: int = 20
+    """Append training metrics to metrics.jsonl every this many steps."""
+    progress: bool = True
+    """Show a progress bar."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    word_dropout: WordDropoutConfig = field(default_factory=WordDropoutConfig)
+
+    def __post_init__(self) -> None:
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ConfigError("train.max_steps and train.grad_accum must be at least 1")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError("train.lr must be > 0 and 0 <= train.min_lr <= train.lr")
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0")
+        if self.log_every < 1:
+            raise ConfigError("train.log_every must be at least 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: what ``textvae train --config`` reads."""
+
+    name: str = "textvae"
+    """Run name; the default output folder is runs/<name>."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- building from dicts
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Coerce ``value`` (from YAML or a command-line string) to the field type ``tp``."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return int(as_float)
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{name}: unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, name)
+        else:
+            kwargs[key] = _coerce(name, tp, value)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a nested dict (unknown keys are errors)."""
+    return _build(Config, data, "")
+
+
+def _set_dotted(data: dict[str, Any], key: str, raw: str) -> None:
+    parts = key.split(".")
+    cls: Any = Config
+    node = data
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i])
+            valid = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"unknown config key {key}; valid keys{' under ' + where if where else ''}: {valid}")
+        tp = hints[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.{dataclasses.fields(tp)[0].name}=...")
+            # YAML-parse the raw string so lists/None/numbers read naturally, then coerce by type.
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else raw
+            except yaml.YAMLError:
+                value = raw
+            if _unwrap_optional(tp)[0] is str and value is not None and not isinstance(value, str):
+                value = raw
+            node[part] = _coerce(key, tp, value)
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section, so {key} is not a config key")
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} must be a mapping")
+            node, cls = child, tp
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a config dict; unknown keys list the valid ones."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML (or JSON) config file, apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
+        try:
+            loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, tokenizer, train)")
+        data = loaded
+    apply_overrides(data, overrides or [])
+    return from_dict(data)

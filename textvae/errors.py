@@ -1,0 +1,17 @@
+"""Errors that the command line reports as one line and a non-zero exit."""
+
+
+class TextVAEError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+
+class ConfigError(TextVAEError):
+    """A bad config file, key or value."""
+
+
+class DataError(TextVAEError):
+    """A missing, empty, undecodable or malformed corpus."""
+
+
+class CheckpointError(TextVAEError):
+    """A missing, damaged or inconsistent checkpoint folder."""
