@@ -78,6 +78,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokeniz
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = None
     try:
         info = {
             "format": "textvae",
@@ -99,7 +100,6 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokeniz
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -107,6 +107,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokeniz
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)  # put the previous checkpoint back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
@@ -169,6 +171,11 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     if not f.is_file():
         raise CheckpointError(f"cannot resume: {f} is missing")
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
+        state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"cannot resume: {f} is damaged ({type(e).__name__})") from None
+    required = ("step", "epoch", "position", "skipped", "optimizer", "rng")
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"cannot resume: {f} lacks {', '.join(missing)} (not a textvae trainer state)")
+    return state

@@ -52,6 +52,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise TextVAEError("--top-p must be in (0, 1]")
     if args.temperature <= 0:
         raise TextVAEError("--temperature must be > 0")
+    if args.beam_size < 1 or args.top_k < 0 or (args.max_len is not None and args.max_len < 1):
+        raise TextVAEError("--beam-size and --max-len must be at least 1, --top-k at least 0")
     loaded = load_pretrained(args.checkpoint, device=_device(args.device))
     texts, finished = sample(loaded.model, loaded.tokenizer, args.n, seed=args.seed, strategy=args.strategy,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -68,12 +70,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
+def _device(name: str):
+    from textvae.errors import ConfigError
+    from textvae.train import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ConfigError) as e:
+        raise TextVAEError(f"bad --device {name!r}: {str(e).splitlines()[0]}") from None
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class ModelConfig:
     dropout: float = 0.1
     """Dropout on attention outputs, MLP outputs and embeddings."""
     latent_dim: int = 32
-    """Dimension of z."""
+    """Dimension of z; 0 builds a plain language model (no encoder, no z): the baseline a VAE must match."""
     pooling: str = "mean"
     """How the encoder summarises a sentence: 'mean' (masked mean) or 'cls' (the bos position)."""
     z_injection: str = "both"
@@ -55,8 +56,8 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a positive multiple of model.n_heads ({self.n_heads})")
         if self.enc_layers < 1 or self.dec_layers < 1:
             raise ConfigError("model.enc_layers and model.dec_layers must be at least 1")
-        if self.latent_dim < 1:
-            raise ConfigError("model.latent_dim must be at least 1")
+        if self.latent_dim < 0:
+            raise ConfigError("model.latent_dim must be >= 0 (0: a plain language model)")
         _choice("model.pooling", self.pooling, ("mean", "cls"))
         _choice("model.z_injection", self.z_injection, ("memory", "embedding", "both"))
         if not 0.0 <= self.dropout < 1.0:
@@ -223,7 +224,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.max_steps < 1 or self.grad_accum < 1:
             raise ConfigError("train.max_steps and train.grad_accum must be at least 1")
@@ -281,6 +282,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     if base is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -300,9 +303,12 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{name} must be a string, got {value!r}")

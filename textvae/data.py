@@ -8,8 +8,10 @@ yields batches of similar length; :func:`collate` pads them into a :class:`Batch
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,7 +38,44 @@ def _suffix(path: Path) -> str:
 
 def _looks_local(source: str) -> bool:
     p = Path(source)
-    return p.exists() or _suffix(p) in _FORMATS or source.startswith((".", "/", "~")) or os.sep + os.sep in source
+    return p.exists() or _suffix(p) in _FORMATS or source.startswith((".", "/", "~"))
+
+
+def _root_message(e: BaseException) -> str:
+    """The innermost cause's first line: datasets wraps parser errors in generic ones."""
+    chain = [e]
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+        chain.append(e)
+    messages = [str(x).strip().splitlines()[0] for x in chain if str(x).strip()]
+    # prefer a message that says where (a line or row), else the innermost one
+    located = [m for m in messages if " line " in m or " row " in m]
+    best = located[-1] if located else (messages[-1] if messages else type(chain[-1]).__name__)
+    return best[:300]
+
+
+def _first_bad_json_line(path: Path) -> Optional[str]:
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"line {lineno} is not valid JSON ({e.msg})"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs parser failures itself; textvae reports them in one line instead."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_utf8(path: Path) -> None:
@@ -84,16 +123,18 @@ def load_split(source: str, split: str = "train", text_column: str = "text", lab
         if fmt == "text":
             kwargs["keep_linebreaks"] = False
         try:
-            ds = datasets.load_dataset(fmt, data_files={"train": str(path)}, split="train", **kwargs)
+            with _quiet_datasets():
+                ds = datasets.load_dataset(fmt, data_files={"train": str(path)}, split="train", **kwargs)
         except Exception as e:  # datasets wraps parser errors in many exception types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot parse {source} as {fmt}: {msg[:300]}") from None
+            where = _first_bad_json_line(path) if fmt == "json" and _suffix(path) == ".jsonl" else None
+            raise DataError(f"cannot parse {source} as {fmt}: {where or _root_message(e)}") from None
     else:
         try:
-            ds = datasets.load_dataset(source, split=split)
+            with _quiet_datasets():
+                ds = datasets.load_dataset(source, split=split)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot load dataset {source!r} split {split!r} (is it a local file or a hub dataset you can reach?): {msg[:300]}") from None
+            raise DataError(f"cannot load dataset {source!r} split {split!r} (is it a local file or a hub "
+                            f"dataset you can reach?): {_root_message(e)}") from None
     for col in (text_column, label_column):
         if col is not None and col not in ds.column_names:
             raise DataError(f"{source}: no column {col!r}; columns are: {', '.join(ds.column_names)}")
@@ -114,8 +155,8 @@ class CleanReport:
 
 
 def normalise_text(text: Optional[str]) -> str:
-    """Strip and collapse every run of whitespace to one space."""
-    return " ".join(text.split()) if text else ""
+    """Strip (a byte-order mark too) and collapse every run of whitespace to one space."""
+    return " ".join(text.replace("\ufeff", " ").split()) if text else ""
 
 
 def clean(ds, text_column: str = "text", min_words: int = 1, max_words: int = 0, label_column: Optional[str] = None):

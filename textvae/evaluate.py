@@ -19,7 +19,10 @@ AU_THRESHOLD = 0.01
 def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int, torch.Tensor]:
     """Active units (Burda et al. 2016): dimensions whose posterior mean varies over the data,
     Cov_x(E_q[z_d | x]) > threshold. mu (N, L) -> (count, per-dimension variance (L,))."""
-    var = mu.float().var(dim=0, unbiased=True) if mu.shape[0] > 1 else torch.zeros(mu.shape[1])
+    if mu.shape[1] == 0 or mu.shape[0] < 2:
+        var = torch.zeros(mu.shape[1])
+    else:
+        var = mu.float().var(dim=0, unbiased=True)
     return int((var > threshold).sum()), var
 
 
@@ -61,7 +64,7 @@ def evaluate_elbo(model: TextVAE, corpus: Corpus, tok: Tokenizer, batch_size: in
         "neg_elbo": (rec + kl) / n,
         "nll_per_token": (rec + kl) / tokens,
         "active_units": au,
-        "active_fraction": au / L,
+        "active_fraction": au / L if L else 0.0,
         "sentences": n,
     }
 

@@ -114,16 +114,18 @@ class TextVAE(nn.Module):
         # One token embedding serves the encoder input, the decoder input and the output
         # layer (tied weights); positions are learned, separately for encoder and decoder.
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
-        self.enc_pos = nn.Embedding(cfg.max_len, D)
+        self.enc_pos = nn.Embedding(cfg.max_len, D) if L > 0 else None
         self.dec_pos = nn.Embedding(cfg.max_len, D)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
-        self.enc_ln = nn.LayerNorm(D)
-        self.to_posterior = nn.Linear(D, 2 * L)  # -> (mu, logvar)
+        self.is_lm = L == 0  # latent_dim 0: a plain language model, the baseline
+        if not self.is_lm:
+            self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
+            self.enc_ln = nn.LayerNorm(D)
+            self.to_posterior = nn.Linear(D, 2 * L)  # -> (mu, logvar)
         self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
         self.dec_ln = nn.LayerNorm(D)
-        self.use_memory = cfg.z_injection in ("memory", "both")
-        self.use_embedding = cfg.z_injection in ("embedding", "both")
+        self.use_memory = not self.is_lm and cfg.z_injection in ("memory", "both")
+        self.use_embedding = not self.is_lm and cfg.z_injection in ("embedding", "both")
         if self.use_memory:
             # Optimus' "memory" scheme: z becomes one extra key and value per layer.
             self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers)
@@ -149,6 +151,9 @@ class TextVAE(nn.Module):
     def encode(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """enc_ids, enc_mask (B, S) -> mu, logvar (B, L)."""
         B, S = enc_ids.shape
+        if self.is_lm:
+            empty = self.tok_emb.weight.new_zeros(B, 0)
+            return empty, empty
         if S > self.cfg.max_len:
             raise ValueError(f"sequence of {S} tokens is longer than model.max_len={self.cfg.max_len}")
         pos = torch.arange(S, device=enc_ids.device)

@@ -34,6 +34,8 @@ class Tokenizer:
         # Never let the backend add its own specials, pad or truncate: data.py owns that.
         self.backend.no_padding()
         self.backend.no_truncation()
+        # Text that spells a special token ("</s>") is ordinary text, never an eos mid-sentence.
+        self.backend.encode_special_tokens = True
         self.specials = dict(specials or {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK})
         ids = {}
         for role, token in self.specials.items():
@@ -42,6 +44,7 @@ class Tokenizer:
                 raise CheckpointError(f"tokenizer has no {role} token {token!r}")
             ids[role] = idx
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = ids["pad"], ids["bos"], ids["eos"], ids["unk"]
+        self._control = {self.pad_id, self.bos_id, self.eos_id}
 
     @property
     def vocab_size(self) -> int:
@@ -52,10 +55,16 @@ class Tokenizer:
         return {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id, "unk": self.unk_id}
 
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self._plain(self.backend.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [self._plain(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _plain(self, ids: list[int]) -> list[int]:
+        # A model piece that spells a control token (a unigram vocabulary holds "</s>") becomes unk.
+        if self._control.isdisjoint(ids):
+            return ids
+        return [self.unk_id if i in self._control else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
         stop = {self.pad_id, self.bos_id, self.eos_id}
@@ -66,7 +75,8 @@ class Tokenizer:
                 break
             if i not in stop:
                 kept.append(i)
-        return self.backend.decode(kept, skip_special_tokens=False).strip()
+        # One sentence is one line: byte-level pieces can decode to newlines or tabs.
+        return " ".join(self.backend.decode(kept, skip_special_tokens=False).split())
 
     def to_json(self) -> str:
         return self.backend.to_str()

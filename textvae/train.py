@@ -35,7 +35,12 @@ log = logging.getLogger("textvae")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA GPU is available")
     return dev
@@ -90,8 +95,14 @@ class MetricsLog:
         """On resume, drop records from steps after the checkpoint (they will be redone)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short when the run was killed
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -231,10 +242,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
+        step_tokens, step_sentences = 0, 0
         for _ in range(tc.grad_accum):
             epoch, position, idx = next(batches)
             b = train_set.batch(idx, tok).to(device)
             window_tokens += b.n_tokens
+            step_tokens += b.n_tokens
+            step_sentences += len(idx)
             # Word dropout (Bowman et al. 2016): the decoder sees unk instead of some inputs.
             dec_in = word_dropout(b.dec_in, p_drop, tok.unk_id, keep)
             with amp:
@@ -259,7 +273,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
         progress.update(1)
         if step % tc.log_every == 0 or step == last_stop:
             now = time.perf_counter()
-            rec = {"step": step, "split": "train", **sums, "beta": beta, "word_dropout": p_drop, "lr": lr,
+            rec = {"step": step, "split": "train", **sums, "rec_per_token": sums["rec"] * step_sentences / max(step_tokens, 1),
+                   "beta": beta, "word_dropout": p_drop, "lr": lr,
                    "grad_norm": grad_norm, "skipped_steps": skipped, "epoch": epoch,
                    "tokens_per_s": window_tokens / max(now - window_t, 1e-9), "elapsed_s": now - t0}
             metrics.write(rec)

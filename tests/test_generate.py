@@ -1,0 +1,254 @@
+"""textvae.generate: top-k/top-p filtering, greedy/sampling/beam decoding with the KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import small_model_config
+from textvae import generate
+from textvae.model import TextVAE
+
+INJECTIONS = ("memory", "embedding", "both")
+BOS, EOS = 1, 2
+NEG_INF = float("-inf")
+
+
+def kept(logits: torch.Tensor) -> list[list[int]]:
+    return [torch.nonzero(row > NEG_INF).flatten().tolist() for row in logits]
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 4.0],
+                           [0.5, -1.0, 2.0, 9.0, 0.0]])
+    out = generate.filter_logits(logits, top_k=2)
+    assert kept(out) == [[1, 4], [2, 3]]
+    assert torch.equal(out[out > NEG_INF], logits[out > NEG_INF])  # kept logits are unchanged
+    assert kept(generate.filter_logits(logits, top_k=0)) == [[0, 1, 2, 3, 4]] * 2
+    assert kept(generate.filter_logits(logits, top_k=10)) == [[0, 1, 2, 3, 4]] * 2
+
+
+def test_top_p_keeps_the_nucleus():
+    # probabilities 0.05, 0.5, 0.15, 0.3 (row 0) and 0.3, 0.15, 0.05, 0.5 (row 1)
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3],
+                          [0.3, 0.15, 0.05, 0.5]])
+    logits = probs.log()
+    # 0.7: the largest (0.5) is not enough, 0.5 + 0.3 covers it
+    assert kept(generate.filter_logits(logits, top_p=0.7)) == [[1, 3], [0, 3]]
+    # 0.9: 0.5 + 0.3 + 0.15 = 0.95 covers it
+    assert kept(generate.filter_logits(logits, top_p=0.9)) == [[1, 2, 3], [0, 1, 3]]
+    # a tiny nucleus still keeps the most likely token
+    assert kept(generate.filter_logits(logits, top_p=0.01)) == [[1], [3]]
+    assert kept(generate.filter_logits(logits, top_p=1.0)) == [[0, 1, 2, 3]] * 2
+
+
+def test_top_k_then_top_p():
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    out = generate.filter_logits(probs.log(), top_k=3, top_p=0.6)
+    # after top-3 the renormalised probabilities are 4/9, 3/9, 2/9: the first two cover 0.6
+    assert kept(out) == [[0, 1]]
+
+
+# --------------------------------------------------------------------------- hand-made models
+
+
+def make_model(z_injection: str = "both", seed: int = 0, eos_boost: float = 2.0) -> TextVAE:
+    """A small random model. Its weights get extra noise so that logits differ clearly, and the
+    eos embedding is scaled up so that greedy decoding stops for some codes but not for others."""
+    torch.manual_seed(seed)
+    model = TextVAE(small_model_config(z_injection=z_injection, max_len=20))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        model.tok_emb.weight[EOS] *= eos_boost
+    return model.eval()
+
+
+def forced_model(token: int) -> TextVAE:
+    """A model whose every next-token distribution puts (nearly) all mass on ``token``."""
+    model = make_model()
+    with torch.no_grad():
+        model.tok_emb.weight[token] = 0.0
+        model.tok_emb.weight[token, 0] = 3.0
+        model.dec_ln.weight.zero_()
+        model.dec_ln.bias.zero_()
+        model.dec_ln.bias[0] = 10.0
+    return model
+
+
+def greedy_by_recomputation(model: TextVAE, z: torch.Tensor, limit: int) -> list[list[int]]:
+    """Greedy decoding that reruns the whole prefix through the decoder at every step."""
+    rows = []
+    for b in range(z.shape[0]):
+        seq = [BOS]
+        for _ in range(limit):
+            with torch.no_grad():
+                logits, _ = model.decode(torch.tensor([seq]), z[b : b + 1])
+            nxt = int(logits[0, -1].argmax())
+            seq.append(nxt)
+            if nxt == EOS:
+                break
+        out = seq[1:]
+        rows.append(out[: out.index(EOS)] if EOS in out else out)
+    return rows
+
+
+@pytest.mark.parametrize("z_injection", INJECTIONS)
+def test_greedy_equals_full_recomputation(z_injection):
+    model = make_model(z_injection)
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
+    out = generate.decode(model, z, BOS, EOS, "greedy", max_len=12)
+    assert any(out.finished) and not all(out.finished), "want rows that stop early and rows that run on"
+    assert out.ids == greedy_by_recomputation(model, z, 12)
+
+
+@pytest.mark.parametrize("z_injection", INJECTIONS)
+def test_beam_one_equals_greedy_random_models(z_injection):
+    model = make_model(z_injection)
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
+    greedy = generate.decode(model, z, BOS, EOS, "greedy", max_len=15)
+    beam = generate.decode(model, z, BOS, EOS, "beam", beam_size=1, max_len=15)
+    assert any(greedy.finished)
+    assert beam.ids == greedy.ids and beam.finished == greedy.finished
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_random_model_outputs_end_at_eos(strategy):
+    model = make_model("memory", eos_boost=2.5)
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
+    out = generate.decode(model, z, BOS, EOS, strategy, beam_size=3, max_len=12,
+                          generator=torch.Generator().manual_seed(0))
+    assert any(out.finished) and not all(out.finished)
+    for ids, fin in zip(out.ids, out.finished):
+        assert EOS not in ids
+        assert len(ids) < 12 if fin else len(ids) == 12
+
+
+def test_forced_eos_finishes_immediately():
+    model = forced_model(EOS)
+    z = torch.randn(3, 8)
+    for strategy in ("greedy", "sample", "beam"):
+        out = generate.decode(model, z, BOS, EOS, strategy, beam_size=3, generator=torch.Generator().manual_seed(0))
+        assert out.ids == [[], [], []], strategy
+        assert out.finished == [True, True, True], strategy
+
+
+def test_never_eos_runs_to_the_limit():
+    model = forced_model(9)
+    z = torch.randn(2, 8)
+    out = generate.decode(model, z, BOS, EOS, "greedy", max_len=7)
+    assert out.ids == [[9] * 7, [9] * 7]
+    assert out.finished == [False, False]
+    # without max_len the limit is the model's max_len less the bos position
+    out = generate.decode(model, z, BOS, EOS, "beam", beam_size=2)
+    assert out.ids == [[9] * 19, [9] * 19] and out.finished == [False, False]
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="strategy"):
+        generate.decode(make_model(), torch.zeros(1, 8), BOS, EOS, "nucleus")
+
+
+# --------------------------------------------------------------------------- the trained tiny model
+
+
+@pytest.fixture(scope="module")
+def prior_z(trained):
+    return torch.randn(12, trained.model.cfg.latent_dim, generator=torch.Generator().manual_seed(11))
+
+
+def test_trained_greedy_equals_recomputation(trained, prior_z):
+    tok = trained.tokenizer
+    out = generate.decode(trained.model, prior_z, tok.bos_id, tok.eos_id, "greedy", max_len=30)
+    assert out.ids == greedy_by_recomputation(trained.model, prior_z, 30)
+
+
+def test_trained_beam_one_equals_greedy(trained, prior_z):
+    tok = trained.tokenizer
+    greedy = generate.decode(trained.model, prior_z, tok.bos_id, tok.eos_id, "greedy", max_len=30)
+    beam = generate.decode(trained.model, prior_z, tok.bos_id, tok.eos_id, "beam", beam_size=1, max_len=30)
+    assert beam.ids == greedy.ids and beam.finished == greedy.finished
+
+
+def test_tiny_temperature_and_top_k_one_are_greedy(trained, prior_z):
+    tok, model = trained.tokenizer, trained.model
+    greedy = generate.decode(model, prior_z, tok.bos_id, tok.eos_id, "greedy", max_len=25)
+    cold = generate.decode(model, prior_z, tok.bos_id, tok.eos_id, "sample", temperature=1e-4, max_len=25,
+                           generator=torch.Generator().manual_seed(0))
+    top1 = generate.decode(model, prior_z, tok.bos_id, tok.eos_id, "sample", top_k=1, max_len=25,
+                           generator=torch.Generator().manual_seed(0))
+    assert cold.ids == greedy.ids
+    assert top1.ids == greedy.ids
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_outputs_end_at_eos(trained, prior_z, strategy):
+    tok = trained.tokenizer
+    limit = 40
+    out = generate.decode(trained.model, prior_z, tok.bos_id, tok.eos_id, strategy, beam_size=3, max_len=limit,
+                          top_p=0.9, generator=torch.Generator().manual_seed(1))
+    assert len(out.ids) == len(out.finished) == prior_z.shape[0]
+    for ids, fin in zip(out.ids, out.finished):
+        assert tok.eos_id not in ids and tok.bos_id not in ids
+        if fin:
+            assert len(ids) < limit
+        else:
+            assert len(ids) == limit
+    if strategy == "sample":
+        assert any(out.finished), "a trained model should end some samples with eos"
+
+
+def test_sampling_is_reproducible(trained):
+    model, tok = trained.model, trained.tokenizer
+    a = generate.sample(model, tok, 8, seed=3, strategy="sample", top_p=0.9)
+    b = generate.sample(model, tok, 8, seed=3, strategy="sample", top_p=0.9)
+    c = generate.sample(model, tok, 8, seed=4, strategy="sample", top_p=0.9)
+    assert a == b
+    assert a[0] != c[0]
+    assert len(a[0]) == len(a[1]) == 8
+    # batching does not change the codes drawn for greedy decoding
+    g1 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20)
+    g2 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20, batch_size=2)
+    assert len(g2[0]) == 5
+    z = torch.randn(5, model.cfg.latent_dim, generator=torch.Generator().manual_seed(2))
+    direct = generate.decode(model, z, tok.bos_id, tok.eos_id, "greedy", max_len=20)
+    assert g1[0] == [tok.decode(ids) for ids in direct.ids]
+
+
+def test_decode_with_same_generator_seed(trained, prior_z):
+    tok = trained.tokenizer
+    runs = [generate.decode(trained.model, prior_z, tok.bos_id, tok.eos_id, "sample", top_p=0.95, max_len=30,
+                            generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
+    assert runs[0].ids == runs[1].ids
+    assert runs[0].ids != runs[2].ids
+
+
+def test_beam_finds_a_likely_sequence(trained, prior_z):
+    """Beam search (size 4) scores its pick at least as well as greedy under its own criterion:
+    the length-normalised log-probability of the tokens, eos included when finished."""
+    model, tok = trained.model, trained.tokenizer
+
+    def norm_score(z, ids, finished):
+        seq = [tok.bos_id] + ids + ([tok.eos_id] if finished else [])
+        with torch.no_grad():
+            logits, _ = model.decode(torch.tensor([seq[:-1]]), z[None])
+        logp = logits[0].log_softmax(-1)
+        total = sum(float(logp[i, t]) for i, t in enumerate(seq[1:]))
+        return total / max(1, len(seq) - 1)
+
+    z = prior_z[:6]
+    greedy = generate.decode(model, z, tok.bos_id, tok.eos_id, "greedy", max_len=30)
+    beam = generate.decode(model, z, tok.bos_id, tok.eos_id, "beam", beam_size=4, max_len=30)
+    better = 0
+    for i in range(z.shape[0]):
+        b = norm_score(z[i], beam.ids[i], beam.finished[i])
+        g = norm_score(z[i], greedy.ids[i], greedy.finished[i])
+        assert math.isfinite(b)
+        better += b >= g - 1e-4
+    assert better >= z.shape[0] - 1
