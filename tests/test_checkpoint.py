@@ -16,7 +16,7 @@ from textvae import checkpoint as ckpt
 from textvae.config import TokenizerConfig
 from textvae.data import collate
 from textvae.errors import CheckpointError
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 from textvae.tokenizer import train_bpe
 from textvae.train import train
 
@@ -76,7 +76,7 @@ def test_save_then_load_gives_identical_logits(trained, tmp_path):
 
 def test_fresh_model_round_trip(trained, tmp_path):
     torch.manual_seed(123)
-    model = TextVAE(trained.config.model, pad_id=trained.tokenizer.pad_id).eval()
+    model = SentenceVAE(trained.config.model, pad_id=trained.tokenizer.pad_id).eval()
     ckpt.save_checkpoint(tmp_path / "fresh", model, trained.tokenizer, trained.config)
     loaded = ckpt.load_pretrained(tmp_path / "fresh")
     expected = logits_on(model, trained.tokenizer, SENTENCES)
@@ -112,7 +112,7 @@ def test_failed_save_keeps_previous_checkpoint(trained, tmp_path, monkeypatch):
     expected = logits_on(trained.model, trained.tokenizer, SENTENCES)
 
     torch.manual_seed(5)
-    other = TextVAE(trained.config.model, pad_id=trained.tokenizer.pad_id)
+    other = SentenceVAE(trained.config.model, pad_id=trained.tokenizer.pad_id)
 
     def exploding_save_file(*args, **kwargs):
         raise OSError("disk full (simulated)")
@@ -197,7 +197,7 @@ def test_damaged_weights(ck, damage):
 
 
 def test_weights_from_another_model(ck, trained):
-    other = TextVAE(dataclasses.replace(trained.config.model, latent_dim=4))
+    other = SentenceVAE(dataclasses.replace(trained.config.model, latent_dim=4))
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(ck / ckpt.WEIGHTS))

@@ -14,7 +14,7 @@ import torch
 from helpers import REPO_ROOT, file_hashes, read_jsonl
 from textvae import checkpoint as ckpt
 from textvae import cli
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +326,7 @@ def test_train_nan_learning_rate(run_cli, in_repo, tmp_path):
 def uniform_checkpoint(trained, tmp_path):
     """The shared run's tokenizer with a model whose next-token distribution is uniform over the
     vocabulary, like an untrained model's (byte-level BPE: the vocabulary holds the bytes \\n and \\r)."""
-    model = TextVAE(trained.config.model, pad_id=trained.tokenizer.pad_id)
+    model = SentenceVAE(trained.config.model, pad_id=trained.tokenizer.pad_id)
     with torch.no_grad():
         model.dec_ln.weight.zero_()
         model.dec_ln.bias.zero_()

@@ -9,7 +9,7 @@ import torch
 
 from helpers import small_model_config
 from textvae import generate
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 
 INJECTIONS = ("memory", "embedding", "both")
 BOS, EOS = 1, 2
@@ -57,11 +57,11 @@ def test_top_k_then_top_p():
 # --------------------------------------------------------------------------- hand-made models
 
 
-def make_model(z_injection: str = "both", seed: int = 0, eos_boost: float = 2.0) -> TextVAE:
+def make_model(z_injection: str = "both", seed: int = 0, eos_boost: float = 2.0) -> SentenceVAE:
     """A small random model. Its weights get extra noise so that logits differ clearly, and the
     eos embedding is scaled up so that greedy decoding stops for some codes but not for others."""
     torch.manual_seed(seed)
-    model = TextVAE(small_model_config(z_injection=z_injection, max_len=20))
+    model = SentenceVAE(small_model_config(z_injection=z_injection, max_len=20))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -70,7 +70,7 @@ def make_model(z_injection: str = "both", seed: int = 0, eos_boost: float = 2.0)
     return model.eval()
 
 
-def forced_model(token: int) -> TextVAE:
+def forced_model(token: int) -> SentenceVAE:
     """A model whose every next-token distribution puts (nearly) all mass on ``token``."""
     model = make_model()
     with torch.no_grad():
@@ -82,7 +82,7 @@ def forced_model(token: int) -> TextVAE:
     return model
 
 
-def greedy_by_recomputation(model: TextVAE, z: torch.Tensor, limit: int) -> list[list[int]]:
+def greedy_by_recomputation(model: SentenceVAE, z: torch.Tensor, limit: int) -> list[list[int]]:
     """Greedy decoding that reruns the whole prefix through the decoder at every step."""
     rows = []
     for b in range(z.shape[0]):

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from helpers import small_model_config
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 
 INJECTIONS = ("memory", "embedding", "both")
 BOS, EOS, PAD = 1, 2, 0
 
 
-def make_model(seed: int = 0, perturb: float = 0.5, **kw) -> TextVAE:
+def make_model(seed: int = 0, perturb: float = 0.5, **kw) -> SentenceVAE:
     """A small model in eval mode. The default init (std 0.02) makes every logit almost the
     same; ``perturb`` adds noise to all weights so that differences are large and meaningful."""
     torch.manual_seed(seed)
-    model = TextVAE(small_model_config(**kw))
+    model = SentenceVAE(small_model_config(**kw))
     if perturb:
         g = torch.Generator().manual_seed(seed + 100)
         with torch.no_grad():
@@ -45,8 +45,8 @@ def test_forward_shapes():
 
 def test_reparameterize_uses_generator_and_scale():
     mu, logvar = torch.full((2000, 4), 3.0), torch.full((2000, 4), 2 * torch.log(torch.tensor(0.5)).item())
-    z1 = TextVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
-    z2 = TextVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
+    z1 = SentenceVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
+    z2 = SentenceVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
     assert torch.equal(z1, z2)
     assert z1.mean().item() == pytest.approx(3.0, abs=0.03)
     assert z1.std().item() == pytest.approx(0.5, abs=0.03)
@@ -188,12 +188,12 @@ def test_z_injection_parameters():
 
 def test_vocab_size_required():
     with pytest.raises(ValueError, match="vocab_size"):
-        TextVAE(small_model_config(vocab_size=0))
+        SentenceVAE(small_model_config(vocab_size=0))
 
 
 def test_gradients_reach_encoder():
     torch.manual_seed(0)
-    model = TextVAE(small_model_config()).train()
+    model = SentenceVAE(small_model_config()).train()
     enc = tokens(2, 6)
     out = model(enc, torch.ones_like(enc, dtype=torch.bool), tokens(2, 5), generator=torch.Generator().manual_seed(0))
     out.logits.logsumexp(-1).sum().backward()

@@ -178,12 +178,12 @@ def test_training_lowers_validation_loss(trained):
     """The trained model reconstructs held-out sentences better than its untrained twin."""
     from textvae.data import prepare_split
     from textvae.evaluate import evaluate_elbo
-    from textvae.model import TextVAE
+    from textvae.model import SentenceVAE
 
     tok = trained.tokenizer
     valid, _ = prepare_split(str(TINY_DATA / "valid.jsonl"), "train", tok, trained.config.model.max_len)
     torch.manual_seed(0)
-    fresh = TextVAE(trained.config.model, pad_id=tok.pad_id).eval()
+    fresh = SentenceVAE(trained.config.model, pad_id=tok.pad_id).eval()
     after = evaluate_elbo(trained.model, valid, tok)
     before = evaluate_elbo(fresh, valid, tok)
     assert after["rec"] < 0.9 * before["rec"]

@@ -6,6 +6,8 @@ A checkpoint folder is self-describing:
     model.safetensors   the weights (never pickled)
     tokenizer.json      the tokenizer
     trainer_state.pt    optional resume state (optimiser, RNG, data position), tensors only
+    attributes.*        optional attribute vectors per label (safetensors + JSON; textvae/latent.py)
+    style_classifier.*  optional cached style classifier (safetensors + JSON; textvae/style.py)
 
 A folder is written under a temporary name and renamed into place, so an interrupted
 save never leaves a half-written checkpoint: the previous one stays until the new one
@@ -15,6 +17,7 @@ both the run folder and the checkpoint folder are accepted wherever a checkpoint
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from textvae import __version__
 from textvae.config import Config, from_dict
 from textvae.errors import CheckpointError, TextVAEError
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER, TRAINER_STATE = "config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"
@@ -40,7 +43,7 @@ CHECKPOINT_DIR = "checkpoint"
 
 @dataclass
 class Loaded:
-    model: TextVAE
+    model: SentenceVAE
     tokenizer: Tokenizer
     config: Config
     meta: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +149,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Loa
             f"{config.model.vocab_size}; the tokenizer does not belong to this model")
     if meta.get("special_ids") and tokenizer.special_ids != meta["special_ids"]:
         raise CheckpointError(f"{path}: tokenizer special ids {tokenizer.special_ids} differ from config.json's {meta['special_ids']}")
-    model = TextVAE(config.model, pad_id=tokenizer.pad_id)
+    model = SentenceVAE(config.model, pad_id=tokenizer.pad_id)
     try:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
@@ -179,3 +182,101 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"cannot resume: {f} lacks {', '.join(missing)} (not a textvae trainer state)")
     return state
+
+
+# --------------------------------------------------------------------------- files added to a checkpoint
+
+ATTRIBUTES, ATTRIBUTES_INFO = "attributes.safetensors", "attributes.json"
+
+
+@dataclass
+class Attributes:
+    """Attribute vectors: the mean posterior mean of each label's sentences (see textvae/latent.py)."""
+
+    labels: list[str]
+    means: torch.Tensor  # (K, L)
+    counts: torch.Tensor  # (K,) sentences per label
+    info: dict[str, Any] = field(default_factory=dict)  # source file, label column, weights digest...
+
+    def index(self, label: str) -> int:
+        """Row of ``label``; an unknown label is an error that lists the known ones."""
+        from textvae.errors import InputError
+
+        if label not in self.labels:
+            raise InputError(f"unknown label {label!r}; known labels: {', '.join(self.labels)}")
+        return self.labels.index(label)
+
+    def vector(self, label: str) -> torch.Tensor:
+        return self.means[self.index(label)]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the weights (names and bytes): ties files derived from a model to that model."""
+    h = hashlib.sha256()
+    for name, t in sorted(_state_dict(model).items()):
+        h.update(name.encode("utf-8"))
+        h.update(str(t.dtype).encode("ascii"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def attribute_files(attrs: Attributes) -> dict[str, bytes]:
+    """The two files that hold attribute vectors, as bytes (for ``extra_files`` or :func:`write_files`)."""
+    from safetensors.torch import save
+
+    tensors = save({"means": attrs.means.detach().float().cpu().contiguous(),
+                    "counts": attrs.counts.detach().long().cpu().contiguous()})
+    info = {**attrs.info, "labels": list(attrs.labels), "counts": [int(c) for c in attrs.counts],
+            "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
+    return {ATTRIBUTES: tensors, ATTRIBUTES_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
+
+
+def write_files(path: str | Path, files: dict[str, bytes]) -> None:
+    """Add or replace files in an existing checkpoint folder, each atomically (temporary file,
+    fsync, rename), in the order given; other files are not touched."""
+    path = resolve(path)
+    for name, data in files.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_attributes(path: str | Path, model: Optional[torch.nn.Module] = None) -> Optional[Attributes]:
+    """Attribute vectors stored in a checkpoint folder, or None when there are none.
+
+    Files that are damaged, half-written, or were computed with other weights than ``model``'s
+    raise :class:`CheckpointError` (recompute them with ``textvae attributes``).
+    """
+    path = resolve(path)
+    tensor_file, info_file = path / ATTRIBUTES, path / ATTRIBUTES_INFO
+    if not tensor_file.is_file() and not info_file.is_file():
+        return None
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        raw = tensor_file.read_bytes()
+        if info.get("tensors_sha256") != hashlib.sha256(raw).hexdigest():
+            raise ValueError("attributes.safetensors does not match attributes.json")
+        from safetensors.torch import load
+
+        tensors = load(raw)
+        means, counts, labels = tensors["means"], tensors["counts"], list(info["labels"])
+        if means.dim() != 2 or means.shape[0] != len(labels) or counts.shape != (len(labels),):
+            raise ValueError("tensor shapes do not match the label list")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: attribute vectors are damaged ({str(e)[:200]}); recompute them with "
+                              f"`textvae attributes --checkpoint {path} --data FILE --label-column COL`") from None
+    if model is not None:
+        latent = getattr(getattr(model, "cfg", None), "latent_dim", means.shape[1])
+        if means.shape[1] != latent or info.get("weights_sha256") not in (None, weights_digest(model)):
+            raise CheckpointError(
+                f"{path}: the attribute vectors were computed with other weights than this model's; recompute them with "
+                f"`textvae attributes --checkpoint {path} --data {info.get('source') or 'FILE'} "
+                f"--label-column {info.get('label_column') or 'COL'}`")
+    return Attributes(labels, means, counts, info)

@@ -70,6 +70,172 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model on held-out data: NLL, KL, IW-NLL, perplexity, MI, active units, BLEU, sample quality."""
+    from textvae.checkpoint import load_pretrained
+    from textvae.evaluate import evaluate_model, format_report
+
+    if args.iw_samples < 1:
+        raise TextVAEError("--iw-samples must be at least 1")
+    if args.samples < 0 or args.batch_size < 1 or args.mi_batch_size < 2:
+        raise TextVAEError("--samples must be >= 0, --batch-size >= 1, --mi-batch-size >= 2")
+    loaded = load_pretrained(args.checkpoint, device=_device(args.device))
+    dc = loaded.config.data
+    source = args.data or getattr(dc, args.split, None)
+    if not source:
+        raise TextVAEError(f"the checkpoint's config names no {args.split} data; pass --data FILE")
+    texts = _load_texts(source, args.split, args.text_column or dc.text_column, dc.min_words,
+                        dc.max_words if args.max_words is None else args.max_words, args.limit)
+    train_texts = None
+    if args.samples:
+        try:
+            train_texts = _load_texts(dc.train, dc.train_split, dc.text_column, 0, 0, 0)
+        except TextVAEError as e:
+            log.warning("copy rate of samples not computed: %s", e)
+    report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=args.iw_samples,
+                            batch_size=args.batch_size, mi_batch_size=args.mi_batch_size,
+                            au_threshold=args.au_threshold, n_samples=args.samples, training_texts=train_texts,
+                            seed=args.seed)
+    report["checkpoint"] = str(loaded.path)
+    report["data"]["source"] = source
+    if report["data"]["truncated"]:
+        log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
+                    report["data"]["truncated"], loaded.config.model.max_len)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"checkpoint: {loaded.path}\ndata: {source} ({report['data']['sentences']} sentences)")
+        print(format_report(report))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score sentences by likelihood (anomaly detection): NLL bound per sentence and per token, tab-separated."""
+    from textvae.checkpoint import load_pretrained
+    from textvae.evaluate import elbo_per_sentence, iw_nll, prepare_ids
+
+    if args.iw_samples < 1:
+        raise TextVAEError("--iw-samples must be at least 1")
+    loaded = load_pretrained(args.checkpoint, device=_device(args.device))
+    texts = _read_sentences(args.input)
+    ids, truncated = prepare_ids(loaded.tokenizer, texts, loaded.config.model.max_len)
+    if truncated:
+        log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
+                    truncated, loaded.config.model.max_len)
+    if args.method == "iw":
+        nll = iw_nll(loaded.model, ids, loaded.tokenizer, k=args.iw_samples, seed=args.seed)
+    else:
+        nll, _ = elbo_per_sentence(loaded.model, ids, loaded.tokenizer, seed=args.seed)
+    for text, x, v in zip(texts, ids, nll.tolist()):
+        per_token = v / (len(x) + 1)  # eos counted
+        if args.json:
+            print(json.dumps({"text": text, "nll": v, "nll_per_token": per_token, "tokens": len(x) + 1,
+                              "method": args.method, "iw_samples": args.iw_samples if args.method == "iw" else None}))
+        else:
+            print(f"{v:.3f}\t{per_token:.4f}\t{text}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """Write posterior means (optionally log-variances) of sentences to .npy or .parquet, one row per input."""
+    from textvae.checkpoint import load_pretrained
+    from textvae.evaluate import posterior_params, prepare_ids
+
+    out = Path(args.output)
+    if out.suffix not in (".npy", ".parquet"):
+        raise TextVAEError("--output must end in .npy or .parquet")
+    loaded = load_pretrained(args.checkpoint, device=_device(args.device))
+    if loaded.model.is_lm:
+        raise TextVAEError("this checkpoint is a language model without a latent space; nothing to encode")
+    if args.input is None or Path(args.input).suffix.lower() in ("", ".txt") or args.input == "-":
+        texts = _read_sentences(args.input, keep_empty=True)
+    else:
+        texts = _load_texts(args.input, "train", args.text_column or loaded.config.data.text_column, 0, 0, 0,
+                            keep_empty=True)
+    ids, truncated = prepare_ids(loaded.tokenizer, texts, loaded.config.model.max_len)
+    if truncated:
+        log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
+                    truncated, loaded.config.model.max_len)
+    mu, logvar = posterior_params(loaded.model, ids, loaded.tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    if out.suffix == ".npy":
+        import numpy as np
+
+        np.save(tmp, mu.numpy())
+        if args.logvar:
+            lv_path = out.with_name(out.stem + ".logvar.npy")
+            lv_tmp = lv_path.with_name(f".{lv_path.name}.tmp.npy")
+            np.save(lv_tmp, logvar.numpy())
+            os.replace(lv_tmp, lv_path)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = {"text": texts, "mu": mu.tolist()}
+        if args.logvar:
+            cols["logvar"] = logvar.tolist()
+        pq.write_table(pa.table(cols), tmp)
+    os.replace(tmp, out)
+    log.info("wrote %d rows x %d dimensions to %s", mu.shape[0], mu.shape[1], out)
+    return 0
+
+
+def _read_sentences(path: str | None, keep_empty: bool = False) -> list[str]:
+    """Sentences, one per line, from a UTF-8 text file or stdin ('-' or None)."""
+    from textvae.data import normalise_text
+
+    if path is None or path == "-":
+        if sys.stdin.isatty():
+            raise TextVAEError("no input: give --input FILE or pipe sentences on stdin")
+        raw = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise TextVAEError(f"input file not found: {path}")
+        raw = p.read_bytes()
+        name = path
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    texts = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            texts.append(normalise_text(line.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise TextVAEError(f"{name}: line {i} is not valid UTF-8") from None
+    empty = sum(not t for t in texts)
+    if not keep_empty:
+        texts = [t for t in texts if t]
+        if empty:
+            log.warning("skipped %d empty lines", empty)
+    elif empty:
+        log.warning("%d empty lines are encoded as empty sentences", empty)
+    if not texts:
+        raise TextVAEError(f"{name}: no sentences")
+    return texts
+
+
+def _load_texts(source: str, split: str, text_column: str, min_words: int, max_words: int, limit: int = 0,
+                keep_empty: bool = False) -> list[str]:
+    """Cleaned texts of a data file or hub split (the training pipeline's cleaning rules)."""
+    from textvae.data import clean, load_split, normalise_text
+
+    ds = load_split(source, split, text_column)
+    if keep_empty:
+        texts = [normalise_text(t if isinstance(t, str) else "") for t in ds[text_column]]
+    else:
+        ds, report = clean(ds, text_column, min_words, max_words)
+        log.info("%s: %s", source, report)
+        texts = list(ds["text"])
+    if limit:
+        texts = texts[:limit]
+    if not texts:
+        raise TextVAEError(f"{source}: no sentences left after cleaning")
+    return texts
+
+
 def _device(name: str):
     from textvae.errors import ConfigError
     from textvae.train import resolve_device
@@ -106,9 +272,52 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
                    help="print eos rate, novelty against the training data and distinct-n as JSON on stderr")
 
 
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint(p)
+    p.add_argument("--data", help="data file or hub dataset (default: the checkpoint config's data for --split)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                   help="which of the config's data files to use, or the hub split (default: test)")
+    p.add_argument("--text-column", help="text column (default: the checkpoint's)")
+    p.add_argument("--max-words", type=int, default=None,
+                   help="drop longer sentences (default: the checkpoint's data.max_words; 0: no limit)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N sentences (0: all)")
+    p.add_argument("--iw-samples", type=int, default=500, help="importance samples K for IW-NLL (default 500, as He et al. 2019)")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per IW batch")
+    p.add_argument("--mi-batch-size", type=int, default=128, help="batch size of the MI estimator")
+    p.add_argument("--au-threshold", type=float, default=0.01, help="active-unit threshold on Cov(E_q[z])")
+    p.add_argument("--samples", type=int, default=200, help="prior samples for sample-quality figures (0: none)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_score(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint(p)
+    p.add_argument("--input", help="text file, one sentence per line (default: stdin)")
+    p.add_argument("--method", choices=("iw", "elbo"), default="iw",
+                   help="iw: importance-weighted NLL bound; elbo: negative ELBO (default iw)")
+    p.add_argument("--iw-samples", type=int, default=100, help="importance samples K (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per sentence")
+
+
+def _add_encode(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint(p)
+    p.add_argument("--input", help="a .txt file (one sentence per line), a data file, or stdin")
+    p.add_argument("--text-column", help="text column of a data file (default: the checkpoint's)")
+    p.add_argument("--output", required=True, help="FILE.npy (posterior means) or FILE.parquet (text, mu[, logvar])")
+    p.add_argument("--logvar", action="store_true", help="also write log-variances (.npy: FILE.logvar.npy)")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "train": (cmd_train, _add_train),
     "sample": (cmd_sample, _add_sample),
+    "evaluate": (cmd_evaluate, _add_evaluate),
+    "score": (cmd_score, _add_score),
+    "encode": (cmd_encode, _add_encode),
 }
 
 

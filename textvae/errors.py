@@ -15,3 +15,8 @@ class DataError(TextVAEError):
 
 class CheckpointError(TextVAEError):
     """A missing, damaged or inconsistent checkpoint folder."""
+
+
+class InputError(TextVAEError):
+    """Bad sentences or arguments given to a command or to the Python API (an empty sentence,
+    an unknown label, too few interpolation steps)."""

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from typing import Iterable, Optional, Sequence
 
 import torch
 
-from textvae.data import BucketBatcher, Corpus
+from textvae.data import BucketBatcher, Corpus, collate
 from textvae.losses import gaussian_kl, reconstruction_nll
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
 AU_THRESHOLD = 0.01
@@ -27,7 +28,7 @@ def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int
 
 
 @torch.no_grad()
-def evaluate_elbo(model: TextVAE, corpus: Corpus, tok: Tokenizer, batch_size: int = 128,
+def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size: int = 128,
                   max_batches: int = 0, seed: int = 0, au_threshold: float = AU_THRESHOLD,
                   autocast: Optional[contextlib.AbstractContextManager] = None) -> dict[str, float]:
     """Reconstruction NLL, KL and negative ELBO (nats per sentence, one z sample each),
@@ -90,3 +91,260 @@ def sample_quality(texts: Sequence[str], finished: Sequence[bool], training_text
         "distinct_2": distinct_n(texts, 2),
         "mean_words": sum(lengths) / n if n else 0.0,
     }
+
+
+# --------------------------------------------------------------------------- likelihood bounds
+
+
+def prepare_ids(tok: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[list[int]], int]:
+    """Token ids (no specials) for texts, truncated to fit ``max_len`` with bos/eos.
+    Returns (ids, number of sentences truncated)."""
+    limit = max_len - 2
+    ids = tok.encode_batch(list(texts)) if texts else []
+    truncated = sum(len(x) > limit for x in ids)
+    return [x[:limit] for x in ids], truncated
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+@torch.no_grad()
+def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: int = 500, batch_size: int = 32,
+           max_rows: int = 512, seed: int = 0) -> torch.Tensor:
+    """Importance-weighted bound on -log p(x) per sentence (Burda et al. 2016), in nats.
+
+    -log p(x) <= -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). K = 1 is a
+    one-sample negative ELBO; the bound tightens as K grows. Samples are drawn in chunks so
+    that at most ``max_rows`` decoder rows run at once. For a language model (latent_dim 0)
+    this is the exact NLL. Returns (N,) float64 on CPU, in the order of ``ids``.
+    """
+    if k < 1:
+        raise ValueError("the number of importance samples must be at least 1")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch together
+    out = torch.empty(len(ids), dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([ids[i] for i in idx], tok).to(device)
+        B = len(idx)
+        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+        mu, logvar = mu.float(), logvar.float()
+        if model.is_lm:
+            logits, _ = model.decode(b.dec_in, mu)
+            out[idx] = reconstruction_nll(logits, b.targets, tok.pad_id).double().cpu()
+            continue
+        chunk = max(1, min(k, max_rows // B))
+        log_w = []
+        for s in range(0, k, chunk):
+            c = min(chunk, k - s)
+            eps = torch.randn(B, c, mu.shape[1], generator=g, device=device)
+            z = mu[:, None] + (0.5 * logvar).exp()[:, None] * eps  # (B, c, L)
+            logits, _ = model.decode(b.dec_in.repeat_interleave(c, 0), z.reshape(B * c, -1))
+            rec = reconstruction_nll(logits, b.targets.repeat_interleave(c, 0), tok.pad_id).view(B, c)
+            log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+            log_qz = _log_normal(z, mu[:, None], logvar[:, None])
+            log_w.append(-rec + log_pz - log_qz)
+        log_w = torch.cat(log_w, dim=1).double()  # (B, K)
+        out[idx] = -(torch.logsumexp(log_w, dim=1) - math.log(k)).cpu()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, batch_size: int = 64,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative ELBO with the analytic KL and one z sample, and the KL, per sentence: (N,), (N,)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    neg_elbo = torch.empty(len(ids), dtype=torch.float64)
+    kl_out = torch.empty(len(ids), dtype=torch.float64)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([ids[i] for i in idx], tok).to(device)
+        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+        z = model.reparameterize(mu.float(), logvar.float(), g) if not model.is_lm else mu
+        logits, _ = model.decode(b.dec_in, z)
+        kl = gaussian_kl(mu, logvar).sum(1)
+        neg_elbo[idx] = (reconstruction_nll(logits, b.targets, tok.pad_id) + kl).double().cpu()
+        kl_out[idx] = kl.double().cpu()
+    model.train(was_training)
+    return neg_elbo, kl_out
+
+
+@torch.no_grad()
+def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
+                     batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu, logvar (N, L) in the order of ``ids``."""
+    device = next(model.parameters()).device
+    L = model.cfg.latent_dim
+    mu_all = torch.empty(len(ids), L)
+    lv_all = torch.empty(len(ids), L)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(ids), batch_size):
+        idx = list(range(start, min(start + batch_size, len(ids))))
+        b = collate([ids[i] for i in idx], tok).to(device)
+        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+        mu_all[idx] = mu.float().cpu()
+        lv_all[idx] = logvar.float().cpu()
+    model.train(was_training)
+    return mu_all, lv_all
+
+
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int = 128, seed: int = 0) -> float:
+    """I(x; z) under q, with the minibatch estimator of He et al. (2019).
+
+    For each batch of N sentences: E_x E_q(z|x)[log q(z|x)] - E_z[log q(z)], where the
+    aggregate posterior q(z) is approximated by the batch's mixture (1/N) sum_j q(z|x_j).
+    Batches of ``batch_size`` in data order; the result is their size-weighted mean (nats).
+    """
+    N, L = mu.shape
+    if L == 0 or N == 0:
+        return 0.0
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, N, batch_size):
+        m, lv = mu[start : start + batch_size].double(), logvar[start : start + batch_size].double()
+        n = m.shape[0]
+        neg_entropy = (-0.5 * L * math.log(2 * math.pi) - 0.5 * (1 + lv).sum(-1)).mean()
+        z = m + (0.5 * lv).exp() * torch.randn(m.shape, generator=g, dtype=torch.float64)
+        log_density = _log_normal(z[:, None, :], m[None, :, :], lv[None, :, :])  # (n, n): log q(z_i | x_j)
+        log_qz = torch.logsumexp(log_density, dim=1) - math.log(n)
+        total += float(neg_entropy - log_qz.mean()) * n
+    return total / N
+
+
+@torch.no_grad()
+def greedy_reconstructions(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
+                           batch_size: int = 128) -> list[str]:
+    """Greedy decoding from the posterior mean, in the order of ``ids``."""
+    from textvae.generate import decode
+
+    mu, _ = posterior_params(model, ids, tok, batch_size)
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for start in range(0, len(ids), batch_size):
+        z = mu[start : start + batch_size].to(device)
+        dec = decode(model, z, tok.bos_id, tok.eos_id, strategy="greedy")
+        out += [tok.decode(x) for x in dec.ids]
+    return out
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Mean sentence BLEU of each text against all the others (Zhu et al. 2018); lower = more diverse."""
+    import sacrebleu
+
+    if len(texts) < 2:
+        return 0.0
+    bleu = sacrebleu.BLEU(effective_order=True)
+    scores = [bleu.sentence_score(t, [o for j, o in enumerate(texts) if j != i]).score for i, t in enumerate(texts)]
+    return sum(scores) / len(scores)
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Probability that a random positive scores higher than a random negative (ties count half)."""
+    pos = torch.as_tensor(list(positive), dtype=torch.float64)
+    neg = torch.as_tensor(list(negative), dtype=torch.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+# --------------------------------------------------------------------------- the full report
+
+
+def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, iw_samples: int = 500,
+                   batch_size: int = 32, mi_batch_size: int = 128, au_threshold: float = AU_THRESHOLD,
+                   n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
+                   seed: int = 0) -> dict:
+    """Every figure of ``textvae evaluate`` for ``texts``, each with its convention."""
+    import sacrebleu
+
+    from textvae.generate import sample
+
+    ids, truncated = prepare_ids(tok, texts, model.cfg.max_len)
+    refs = [tok.decode(x) for x in ids]  # what the model can reproduce (after truncation)
+    n = len(ids)
+    tokens = sum(len(x) + 1 for x in ids)  # + eos
+    words = sum(len(t.split()) for t in refs)
+    neg_elbo, kl = elbo_per_sentence(model, ids, tok, seed=seed)
+    iw = iw_nll(model, ids, tok, k=iw_samples, batch_size=batch_size, seed=seed)
+    mu, logvar = posterior_params(model, ids, tok)
+    au, _ = active_units(mu, au_threshold)
+    hyps = greedy_reconstructions(model, ids, tok)
+    metric = sacrebleu.BLEU()
+    bleu = metric.corpus_score(hyps, [refs])
+    texts_s, finished = sample(model, tok, n_samples, seed=seed, strategy="sample", top_p=top_p)
+    train_set = set(training_texts) if training_texts is not None else None
+    report = {
+        "data": {"sentences": n, "truncated": truncated, "tokens": tokens, "words": words,
+                 "note": "tokens count eos (not bos); words are whitespace-separated words of the reference"},
+        "rec": float((neg_elbo - kl).mean()),
+        "kl": float(kl.mean()),
+        "neg_elbo": float(neg_elbo.mean()),
+        "elbo_note": "nats per sentence; analytic KL; reconstruction with one z sample",
+        "iw_nll": float(iw.mean()),
+        "iw_samples": iw_samples if not model.is_lm else 0,
+        "iw_note": ("importance-weighted bound (Burda et al. 2016), nats per sentence" if not model.is_lm
+                    else "exact NLL of a language model (no latent), nats per sentence"),
+        "ppl_token": math.exp(float(iw.sum()) / tokens),
+        "ppl_word": math.exp(float(iw.sum()) / max(words, 1)),
+        "mi": mutual_information(mu, logvar, mi_batch_size, seed),
+        "mi_batch_size": mi_batch_size,
+        "active_units": au,
+        "latent_dim": model.cfg.latent_dim,
+        "au_threshold": au_threshold,
+        "recon_bleu": bleu.score,
+        "recon_exact": sum(h == r for h, r in zip(hyps, refs)) / max(n, 1),
+        "bleu_signature": str(metric.get_signature()),
+        "samples": {
+            "n": n_samples, "strategy": f"top-p {top_p}",
+            "eos_rate": sum(finished) / max(n_samples, 1),
+            "distinct_1": distinct_n(texts_s, 1),
+            "distinct_2": distinct_n(texts_s, 2),
+            "self_bleu": self_bleu(texts_s),
+            "mean_words": sum(len(t.split()) for t in texts_s) / max(n_samples, 1),
+            "copied_rate": (sum(t in train_set for t in texts_s) / max(n_samples, 1)) if train_set is not None else None,
+        },
+    }
+    return report
+
+
+def format_report(r: dict) -> str:
+    """The report as an aligned, readable table; every figure names its convention."""
+    s = r["samples"]
+    rows = [
+        ("sentences", f"{r['data']['sentences']}", f"{r['data']['truncated']} truncated to the model's length limit"),
+        ("reconstruction NLL", f"{r['rec']:.2f}", "nats/sentence, one z ~ q(z|x)"),
+        ("KL", f"{r['kl']:.2f}", "nats/sentence, KL(q(z|x) || N(0, I)), analytic"),
+        ("negative ELBO", f"{r['neg_elbo']:.2f}", "nats/sentence"),
+        ("IW-NLL", f"{r['iw_nll']:.2f}", f"nats/sentence, K = {r['iw_samples']}" if r["iw_samples"] else "nats/sentence, exact (no latent)"),
+        ("PPL per token", f"{r['ppl_token']:.2f}", f"exp(IW-NLL / tokens), {r['data']['tokens']} tokens, eos counted"),
+        ("PPL per word", f"{r['ppl_word']:.2f}", f"exp(IW-NLL / words), {r['data']['words']} whitespace words, eos not counted"),
+        ("mutual information", f"{r['mi']:.3f}", f"nats, minibatch estimator of He et al. 2019, batch {r['mi_batch_size']}"),
+        ("active units", f"{r['active_units']}/{r['latent_dim']}", f"Cov_x(E_q[z]) > {r['au_threshold']}"),
+        ("reconstruction BLEU", f"{r['recon_bleu']:.2f}", "greedy from the posterior mean, sacreBLEU corpus BLEU"),
+        ("reconstruction exact", f"{100 * r['recon_exact']:.1f}%", "greedy reconstructions identical to the input"),
+        ("samples distinct-1", f"{s['distinct_1']:.3f}", f"{s['n']} prior samples, {s['strategy']}"),
+        ("samples distinct-2", f"{s['distinct_2']:.3f}", "unique word bigrams / all bigrams"),
+        ("samples self-BLEU", f"{s['self_bleu']:.2f}", "mean sentence BLEU of each sample vs the others"),
+        ("samples mean length", f"{s['mean_words']:.1f}", "words"),
+        ("samples ending in eos", f"{100 * s['eos_rate']:.1f}%", "before the length limit"),
+        ("samples copied", "n/a" if s["copied_rate"] is None else f"{100 * s['copied_rate']:.1f}%",
+         "verbatim training sentences"),
+    ]
+    w0 = max(len(a) for a, _, _ in rows)
+    w1 = max(len(b) for _, b, _ in rows)
+    lines = [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    lines.append(f"BLEU signature: {r['bleu_signature']}")
+    return "\n".join(lines)

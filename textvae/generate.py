@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -35,7 +35,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 @torch.no_grad()
-def decode(model: TextVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
+def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Decoded:
     """Decode latent codes z (B, L) into token ids with the key/value cache.
@@ -85,7 +85,7 @@ def _finish(rows: list[list[int]], eos_id: int) -> Decoded:
     return Decoded(ids, finished)
 
 
-def _beam(model: TextVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int) -> Decoded:
+def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int) -> Decoded:
     """Beam search with length-normalised scores; each input row keeps beam_size hypotheses."""
     B, K = z.shape[0], beam_size
     device = z.device
@@ -126,7 +126,7 @@ def _beam(model: TextVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: 
 
 
 @torch.no_grad()
-def sample(model: TextVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
+def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
            **decode_kwargs) -> tuple[list[str], list[bool]]:
     """Draw n codes from the prior N(0, I) and decode them. Returns (texts, finished flags)."""
     device = next(model.parameters()).device

@@ -101,7 +101,7 @@ class Block(nn.Module):
         return x, kv
 
 
-class TextVAE(nn.Module):
+class SentenceVAE(nn.Module):
     """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode_step`` serve generation."""
 
     def __init__(self, cfg: ModelConfig, pad_id: int = 0):

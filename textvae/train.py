@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from textvae.errors import CheckpointError, ConfigError
 from textvae.evaluate import evaluate_elbo
 from textvae.generate import sample
 from textvae.losses import elbo_loss, word_dropout
-from textvae.model import TextVAE
+from textvae.model import SentenceVAE
 from textvae.schedules import kl_weight, learning_rate, word_dropout_rate
 from textvae.tokenizer import Tokenizer, build_tokenizer
 
@@ -72,7 +73,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 # --------------------------------------------------------------------------- pieces of the loop
 
 
-def build_optimizer(model: TextVAE, cfg: Config) -> torch.optim.AdamW:
+def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not on norms, biases or embeddings)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -182,7 +183,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
     batcher = BucketBatcher([len(x) for x in train_set.ids], dc.batch_size, dc.bucket_size, seed=tc.seed)
 
     # ---- model and optimiser
-    model = TextVAE(cfg.model, pad_id=tok.pad_id)
+    model = SentenceVAE(cfg.model, pad_id=tok.pad_id)
     if state is not None:
         model.load_state_dict(saved.model.state_dict())
     model.to(device)
@@ -303,7 +304,8 @@ def _progress(enabled: bool, total: int, initial: int):
     if enabled:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
     return _NoProgress()
 
 
