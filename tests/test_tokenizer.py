@@ -123,3 +123,30 @@ def test_special_token_text_is_plain_text(kind, tiny_texts):
     tok = build_tokenizer(TokenizerConfig(kind=kind, vocab_size=300), tiny_texts)
     ids = tok.encode("the end </s> and <pad> and <s> again")
     assert not set(ids) & {tok.pad_id, tok.bos_id, tok.eos_id}
+
+
+def test_pretrained_tokenizer_folder_is_accepted(tmp_path, tiny_texts):
+    """A folder saved by transformers (AutoTokenizer) works as tokenizer.kind=pretrained:
+    its own special tokens become pad/bos/eos/unk, missing ones are added."""
+    from transformers import PreTrainedTokenizerFast
+
+    from textvae.tokenizer import Tokenizer
+
+    base = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300), tiny_texts)
+    hf = PreTrainedTokenizerFast(tokenizer_object=base.backend, unk_token="<unk>", eos_token="</s>")
+    folder = tmp_path / "pretrained"
+    hf.save_pretrained(folder)
+    tok = build_tokenizer(TokenizerConfig(kind="pretrained", path=str(folder)), None)
+    assert tok.eos_id == base.eos_id and tok.unk_id == base.unk_id
+    assert len({tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id}) == 4
+    assert tok.encode(tiny_texts[0]) == base.encode(tiny_texts[0])
+    tok.save(tmp_path / "tokenizer.json")
+    again = Tokenizer.load(tmp_path / "tokenizer.json", tok.specials)
+    assert again.special_ids == tok.special_ids
+
+
+def test_missing_pretrained_tokenizer_says_so(tmp_path):
+    from textvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot load a pretrained tokenizer"):
+        build_tokenizer(TokenizerConfig(kind="pretrained", path=str(tmp_path / "nope")), None)
