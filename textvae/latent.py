@@ -8,11 +8,12 @@ Every function here is deterministic and keeps the device and dtype of its input
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from textvae.data import collate
+from textvae.checkpoint import Attributes, weights_digest
+from textvae.data import Corpus, collate
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
@@ -254,3 +255,20 @@ def analogy(za: torch.Tensor, zb: torch.Tensor, zc: torch.Tensor) -> torch.Tenso
         z_d with the broadcast shape; z_d == z_c exactly when za == zb.
     """
     return zc + (zb - za)
+
+
+def corpus_attributes(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, label_names: Sequence[str],
+                      info: Optional[dict[str, Any]] = None) -> Attributes:
+    """Attribute vectors of a labelled, tokenised corpus (what training stores in its final checkpoint).
+
+    Args:
+        corpus: sentences with label indices (``corpus.labels``) into ``label_names``.
+        info: provenance kept with the vectors (source file, label column...).
+    """
+    if corpus.labels is None:
+        raise ValueError("the corpus has no labels")
+    mu, _ = posterior_means(model, corpus.ids, tok)
+    means, counts = attribute_vectors(mu, torch.as_tensor(corpus.labels), len(label_names))
+    full = {"sentences": len(corpus), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
+            **(info or {})}
+    return Attributes(list(label_names), means.cpu(), counts.cpu(), full)
