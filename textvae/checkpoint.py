@@ -238,6 +238,7 @@ def write_files(path: str | Path, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=path)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -246,6 +247,12 @@ def write_files(path: str | Path, files: dict[str, bytes]) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_attributes(path: str | Path, model: Optional[torch.nn.Module] = None) -> Optional[Attributes]:

@@ -22,6 +22,7 @@ from textvae.data import BucketBatcher, Corpus, prepare_split, read_training_tex
 from textvae.errors import CheckpointError, ConfigError
 from textvae.evaluate import evaluate_elbo
 from textvae.generate import sample
+from textvae.latent import corpus_attributes
 from textvae.losses import elbo_loss, word_dropout
 from textvae.model import SentenceVAE
 from textvae.schedules import kl_weight, learning_rate, word_dropout_rate
@@ -216,8 +217,14 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
         }
         if precision == "fp16":
             trainer_state["scaler"] = scaler.state_dict()
+        extra = None
+        if final and train_set.labels is not None and not model.is_lm:
+            # Attribute vectors for style transfer (textvae/latent.py), from the final weights.
+            extra = ckpt.attribute_files(corpus_attributes(model, train_set, tok, label_names, {
+                "source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
+                "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words, "step": step}))
         ckpt.save_checkpoint(ckpt_dir, model, tok, cfg, meta={**meta, "step": step, "final": final},
-                             trainer_state=trainer_state)
+                             trainer_state=trainer_state, extra_files=extra)
 
     def validate() -> dict[str, float]:
         if valid_set is None:
