@@ -78,15 +78,18 @@ class TextVAE:
         self.path = path
         self.batch_size = batch_size
         self.truncated = 0  # sentences cut to the model's length limit by the last encode()
+        self.warn_truncation = True  # log a warning when encode() truncates
 
     # ------------------------------------------------------------------ files
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
-        """Load a checkpoint (or run) folder, with its attribute vectors when it has them."""
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", attributes: bool = True
+                        ) -> "TextVAE":
+        """Load a checkpoint (or run) folder, with its attribute vectors when it has them
+        (``attributes=False`` ignores them, e.g. to recompute stale ones)."""
         loaded = ckpt.load_pretrained(path, device=device)
-        attributes = ckpt.load_attributes(loaded.path, loaded.model)
-        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.meta, attributes, loaded.path)
+        attrs = ckpt.load_attributes(loaded.path, loaded.model) if attributes else None
+        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.meta, attrs, loaded.path)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a self-contained checkpoint folder (weights, tokenizer, config, attribute vectors), atomically."""
@@ -115,15 +118,19 @@ class TextVAE:
         Returns:
             mu, logvar: (N, L) float32 on the model's device.
         """
+        return self._encode(self._texts(sentences))
+
+    def _encode(self, texts: list[str], warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         from textvae.evaluate import prepare_ids
 
-        texts = self._texts(sentences)
         if self.model.is_lm:
             raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space")
-        ids, self.truncated = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
-        if self.truncated:
+        ids, truncated = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
+        if warn:
+            self.truncated = truncated
+        if truncated and warn and self.warn_truncation:
             log.warning("%d of %d sentences were longer than the model's limit (%d tokens, bos/eos included) "
-                        "and were truncated", self.truncated, len(texts), self.model.cfg.max_len)
+                        "and were truncated", truncated, len(texts), self.model.cfg.max_len)
         return latent.posterior_means(self.model, ids, self.tokenizer, self.batch_size)
 
     def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, **decode_kwargs: Any) -> list[str]:
@@ -315,7 +322,7 @@ class TextVAE:
                 keep = [i for i, x in enumerate(texts) if x.strip()]
                 ok = torch.zeros(len(texts), dtype=torch.bool)
                 if keep:
-                    mu, _ = self.encode([texts[i] for i in keep])
+                    mu, _ = self._encode([texts[i] for i in keep], warn=False)  # model outputs: no warning
                     ok[keep] = ((mu @ u) > middle).cpu()
                 return ok
 

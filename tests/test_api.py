@@ -1,0 +1,227 @@
+"""The Python API (textvae/api.py) on the tiny trained run and on a perturbed copy of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from helpers import TINY_DATA
+from textvae import TextVAE
+from textvae import checkpoint as ckpt
+from textvae.data import collate, prepare_split
+from textvae.errors import CheckpointError, InputError
+
+SENTENCES = [
+    "And the LORD said unto Moses, Go in unto Pharaoh.",
+    "Yahweh said to Moses, Go in to Pharaoh.",
+    "Then Ehud went forth through the porch.",
+    "He broke down the tower of Penuel.",
+]
+
+
+@pytest.fixture(scope="module")
+def vae(trained) -> TextVAE:
+    """The tiny run's tokenizer and attribute vectors with noisy weights: after 40 steps the
+    tiny model decodes every code to the same string, which would make equality tests vacuous.
+    With the noise, different codes decode to different sentences."""
+    model = copy.deepcopy(trained.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    v = TextVAE(model, trained.tokenizer, trained.config, trained.meta, path=None)
+    labels = [json.loads(line)["style"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
+    texts = [json.loads(line)["text"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
+    v.attribute_vectors(texts, labels)
+    return v
+
+
+def test_import_from_the_package():
+    import textvae
+
+    assert textvae.TextVAE is TextVAE
+    with pytest.raises(AttributeError):
+        textvae.NoSuchThing  # noqa: B018
+
+
+def test_different_sentences_decode_differently(vae):
+    """The premise of the equality tests below: they could fail."""
+    outs = vae.reconstruct(SENTENCES)
+    assert len(set(outs)) == len(SENTENCES)
+
+
+def test_encode_shapes_and_device(vae):
+    mu, logvar = vae.encode(SENTENCES)
+    assert mu.shape == logvar.shape == (4, vae.latent_dim)
+    assert mu.device == vae.device and mu.dtype == torch.float32
+    mu1, _ = vae.encode(SENTENCES[2])  # a single string is one sentence
+    assert torch.allclose(mu1[0], mu[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lerp", "slerp"])
+def test_interpolation_endpoints_are_the_reconstructions(vae, method):
+    a, b = SENTENCES[0], SENTENCES[3]
+    path = vae.interpolate(a, b, steps=5, method=method)
+    rec = vae.reconstruct([a, b])
+    assert len(path) == 5
+    assert path[0] == rec[0] and path[-1] == rec[1]
+    assert len(set(path)) > 2  # the middle is somewhere else
+
+
+def test_transfer_with_alpha_zero_is_the_reconstruction(vae):
+    rec = vae.reconstruct(SENTENCES)
+    for method in ("mean-diff", "project", "search"):
+        assert vae.transfer(SENTENCES, "kjv", "web", alpha=0.0, method=method) == rec
+
+
+def test_transfer_moves_the_outputs(vae):
+    rec = vae.reconstruct(SENTENCES)
+    moved = vae.transfer(SENTENCES, "kjv", "web", alpha=30.0, method="mean-diff")
+    assert moved != rec
+
+
+def test_search_keeps_the_weakest_accepted_strength(vae):
+    calls = []
+
+    def judge(texts):  # accepts everything from the second round on
+        calls.append(len(texts))
+        return torch.full((len(texts),), len(calls) >= 2)
+
+    out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=4.0, method="search", candidates=4, judge=judge)
+    assert out.alphas.tolist() == [2.0] * 4
+    assert calls == [4, 4]  # stopped once every sentence was accepted
+    z, _ = vae.encode(SENTENCES)
+    attrs = vae.attributes
+    from textvae import latent
+
+    expected = vae.decode(latent.transfer_project(z, attrs.vector("kjv"), attrs.vector("web"), 2.0))
+    assert out.texts == expected
+
+
+def test_analogy_with_a_equal_b_is_the_reconstruction_of_c(vae):
+    assert vae.analogy(SENTENCES[0], SENTENCES[0], SENTENCES[2]) == vae.reconstruct([SENTENCES[2]])
+    batch = vae.analogy(SENTENCES[:2], SENTENCES[:2], SENTENCES[2:])
+    assert batch == vae.reconstruct(SENTENCES[2:])
+
+
+def test_sampling_is_seeded(vae):
+    assert vae.sample(4, seed=3) == vae.sample(4, seed=3)
+    assert vae.sample(4, seed=3) != vae.sample(4, seed=4)
+    z = torch.zeros(3, vae.latent_dim)
+    assert vae.decode(z, strategy="sample", seed=1) == vae.decode(z, strategy="sample", seed=1)
+
+
+def test_attribute_vectors_match_a_hand_computation(vae):
+    texts, labels = SENTENCES, ["kjv", "web", "kjv", "web"]
+    other = TextVAE(vae.model, vae.tokenizer, vae.config)
+    attrs = other.attribute_vectors(texts, labels)
+    by_hand = {}
+    for text, label in zip(texts, labels):
+        b = collate([vae.tokenizer.encode(text)], vae.tokenizer)
+        with torch.no_grad():
+            mu, _ = vae.model.encode(b.enc_ids, b.enc_mask)
+        by_hand.setdefault(label, []).append(mu[0])
+    assert attrs.labels == ["kjv", "web"] and attrs.counts.tolist() == [2, 2]
+    for k, label in enumerate(attrs.labels):
+        assert torch.allclose(attrs.means[k], torch.stack(by_hand[label]).mean(0), atol=1e-5)
+    assert other.attributes is attrs
+
+
+def test_attributes_stored_at_the_end_of_training(trained_run, trained):
+    """Training with a label column stores the vectors of its final weights; they reload."""
+    assert (trained_run / "checkpoint" / ckpt.ATTRIBUTES).is_file()
+    loaded = TextVAE.from_pretrained(trained_run)
+    attrs = loaded.attributes
+    assert attrs is not None and attrs.labels == ["kjv", "web"]
+    assert attrs.counts.tolist() == [200, 200]
+    assert attrs.info["source"].endswith("train.jsonl") and attrs.info["label_column"] == "style"
+    # the same computation, by hand, on the training corpus
+    cfg = trained.config
+    corpus, names = prepare_split(cfg.data.train, "train", trained.tokenizer, cfg.model.max_len,
+                                  label_column="style")
+    mu = torch.stack([trained.model.encode(*(lambda b: (b.enc_ids, b.enc_mask))(collate([x], trained.tokenizer)))[0][0]
+                      for x in corpus.ids]).detach()
+    labels = torch.tensor(corpus.labels)
+    for k in range(2):
+        assert torch.allclose(attrs.means[k], mu[labels == k].mean(0), atol=1e-5)
+
+
+def test_save_and_load_keep_everything(vae, tmp_path):
+    out = vae.save_pretrained(tmp_path / "export")
+    back = TextVAE.from_pretrained(out)
+    assert back.attributes.labels == vae.attributes.labels
+    assert torch.allclose(back.attributes.means, vae.attributes.means)
+    assert back.reconstruct(SENTENCES) == vae.reconstruct(SENTENCES)
+    assert back.meta["label_names"] == vae.meta["label_names"]
+
+
+def test_attributes_of_other_weights_are_refused(vae, trained_run, tmp_path):
+    out = vae.save_pretrained(tmp_path / "export")
+    stale = TextVAE.from_pretrained(trained_run)
+    ckpt.write_files(out, ckpt.attribute_files(stale.attributes))  # the unperturbed model's vectors
+    with pytest.raises(CheckpointError, match="other weights.*textvae attributes --checkpoint"):
+        TextVAE.from_pretrained(out)
+
+
+def test_damaged_attribute_files_are_reported(vae, tmp_path):
+    out = vae.save_pretrained(tmp_path / "export")
+    (out / ckpt.ATTRIBUTES).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="damaged.*textvae attributes"):
+        TextVAE.from_pretrained(out)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_empty_sentences_are_errors(vae):
+    with pytest.raises(InputError, match="sentence 2 is empty"):
+        vae.encode(["Jesus wept.", "   "])
+    with pytest.raises(InputError, match="no sentences"):
+        vae.reconstruct([])
+
+
+def test_unknown_labels_list_the_known_ones(vae):
+    with pytest.raises(InputError, match="unknown label 'modern'; known labels: kjv, web"):
+        vae.transfer(SENTENCES, "kjv", "modern")
+    with pytest.raises(InputError, match="same"):
+        vae.transfer(SENTENCES, "kjv", "kjv")
+
+
+def test_missing_attribute_vectors_say_how_to_compute_them(trained):
+    bare = TextVAE(trained.model, trained.tokenizer, trained.config, trained.meta, path=trained.path)
+    with pytest.raises(CheckpointError, match=r"`textvae attributes --checkpoint .* --data .*train.jsonl --label-column style`"):
+        bare.transfer(SENTENCES, "kjv", "web")
+
+
+def test_too_few_steps_and_unknown_methods(vae):
+    with pytest.raises(InputError, match="at least 2"):
+        vae.interpolate(SENTENCES[0], SENTENCES[1], steps=1)
+    with pytest.raises(InputError, match="lerp, slerp"):
+        vae.interpolate(SENTENCES[0], SENTENCES[1], method="bezier")
+    with pytest.raises(InputError, match="mean-diff, project, search"):
+        vae.transfer(SENTENCES, "kjv", "web", method="magic")
+
+
+def test_long_sentences_are_truncated_and_counted(vae, caplog):
+    long = " ".join(["and the king went up to the city"] * 20)
+    with caplog.at_level("WARNING", logger="textvae"):
+        mu, _ = vae.encode([long, SENTENCES[0]])
+    assert vae.truncated == 1
+    assert "1 of 2 sentences were longer than the model's limit" in caplog.text
+    assert torch.isfinite(mu).all()
+
+
+def test_a_resumed_run_stores_fresh_attribute_vectors(copy_run):
+    from helpers import tiny_config
+    from textvae.train import train
+
+    run = copy_run()
+    before = json.loads((run / "checkpoint" / ckpt.ATTRIBUTES_INFO).read_text())
+    train(tiny_config(["train.max_steps=44", "train.log_every=5", "train.eval_every=0", "train.save_every=0"]),
+          run, resume=True)
+    after = TextVAE.from_pretrained(run)  # checks the vectors belong to the new weights
+    assert after.attributes is not None and after.attributes.info["step"] == 44
+    assert after.attributes.info["weights_sha256"] != before["weights_sha256"]
