@@ -181,6 +181,226 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- latent space (textvae/api.py)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Reconstruct sentences: encode each to its posterior mean and decode it (greedy by default)."""
+    vae = _load_vae(args)
+    texts = _input_sentences(args)
+    outputs = vae.reconstruct(texts, **_decoding(args))
+    _write_lines(args, [{"source": s, "output": o} for s, o in zip(texts, outputs)])
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    """Decode evenly spaced points on the latent path between two sentences (lerp or slerp)."""
+    if args.steps < 2:
+        raise TextVAEError(f"--steps must be at least 2 (the two endpoints), got {args.steps}")
+    a, b = _check_arguments(args.sentences)
+    vae = _load_vae(args)
+    outputs = vae.interpolate(a, b, steps=args.steps, method=args.method, **_decoding(args))
+    _write_lines(args, [{"step": i, "t": i / (args.steps - 1), "output": o} for i, o in enumerate(outputs)])
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Rewrite sentences from one label's style into another's by latent arithmetic with the attribute vectors."""
+    from textvae.api import DEFAULT_TRANSFER, SEARCH_CANDIDATES
+
+    vae = _load_vae(args)
+    attrs = vae.require_attributes()
+    attrs.index(args.source), attrs.index(args.target)  # unknown labels fail before any work
+    texts = _input_sentences(args)
+    out = vae.transfer_detailed(texts, args.source, args.target, alpha=args.alpha, method=args.method or DEFAULT_TRANSFER,
+                                candidates=args.candidates or SEARCH_CANDIDATES, judge=args.judge, **_decoding(args))
+    records = [{"source": s, "output": o, "alpha": round(float(a), 4)} for s, o, a in zip(texts, out.texts, out.alphas)]
+    if args.score:
+        from textvae.style import classifier_for, sentence_bleu
+
+        clf = classifier_for(vae, seed=args.seed)
+        probs = clf.prob(out.texts, args.target).tolist()
+        for r, p, label in zip(records, probs, clf.predict(out.texts)):
+            r["target_prob"] = round(p, 4)
+            r["in_target_style"] = label == args.target
+            r["self_bleu"] = round(sentence_bleu(r["output"], r["source"]), 2)
+    _write_lines(args, records)
+    return 0
+
+
+def cmd_analogy(args: argparse.Namespace) -> int:
+    """Sentence analogies: A is to B as C is to ? (decodes z_C + z_B - z_A)."""
+    if args.sentences:
+        if len(args.sentences) != 3 or args.input:
+            raise TextVAEError("give three sentences A B C, or --input FILE with tab-separated A, B, C per line")
+        triples = [_check_arguments(args.sentences)]
+    else:
+        triples = []
+        for i, line in enumerate(_read_sentences_raw(args.input), start=1):
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) != 3 or not all(parts):
+                raise TextVAEError(f"line {i}: expected three non-empty tab-separated sentences A, B, C")
+            triples.append(tuple(parts))
+    vae = _load_vae(args)
+    a, b, c = (list(col) for col in zip(*triples))
+    outputs = vae.analogy(a, b, c, **_decoding(args))
+    _write_lines(args, [{"a": x, "b": y, "c": z, "output": o} for x, y, z, o in zip(a, b, c, outputs)])
+    return 0
+
+
+def cmd_attributes(args: argparse.Namespace) -> int:
+    """Compute attribute vectors (mean posterior mean per label) from a labelled file into a checkpoint folder."""
+    from textvae import checkpoint as ckpt
+    from textvae.data import prepare_split
+    from textvae.latent import corpus_attributes
+
+    vae = _load_vae(args, attributes=False)  # stale or damaged vectors are what this command replaces
+    dc = vae.config.data
+    label_column = args.label_column or vae.meta.get("label_column") or dc.label_column
+    if not label_column:
+        raise TextVAEError("give --label-column COL (the checkpoint's config names no label column)")
+    text_column = args.text_column or dc.text_column
+    # The training pipeline's filters, so the vectors match those computed at the end of training.
+    corpus, names = prepare_split(args.data, args.split, vae.tokenizer, vae.model.cfg.max_len, text_column=text_column,
+                                  label_column=label_column, min_words=dc.min_words, max_words=dc.max_words,
+                                  name="attributes")
+    if len(names) < 2:
+        log.warning("the data holds a single label (%s): transfer needs at least two", ", ".join(names))
+    attrs = corpus_attributes(vae.model, corpus, vae.tokenizer, names, {
+        "source": args.data, "split": args.split, "text_column": text_column, "label_column": label_column,
+        "min_words": dc.min_words, "max_words": dc.max_words})
+    ckpt.write_files(vae.path, ckpt.attribute_files(attrs))
+    for name, count, vec in zip(attrs.labels, attrs.counts.tolist(), attrs.means):
+        log.info("%s: %d sentences, |mean| %.3f", name, count, float(vec.norm()))
+    print(f"wrote attribute vectors for {len(names)} labels ({', '.join(names)}) to {vae.path}")
+    return 0
+
+
+def cmd_evaluate_transfer(args: argparse.Namespace) -> int:
+    """Score style transfer: style accuracy, self-BLEU, ref-BLEU and their geometric means, against the copy baseline."""
+    from textvae.style import classifier_for, evaluate_transfer, format_transfer_report, transfer_inputs
+
+    vae = _load_vae(args)
+    attrs = vae.require_attributes()
+    attrs.index(args.source), attrs.index(args.target)
+    dc = vae.config.data
+    data = args.data or dc.test
+    if not data:
+        raise TextVAEError("the checkpoint's config names no test data; give --data FILE")
+    label_column = args.label_column or vae.meta.get("label_column") or dc.label_column
+    if not label_column:
+        raise TextVAEError("give --label-column COL (the checkpoint's config names no label column)")
+    if args.refs and not args.refs_column:
+        raise TextVAEError("--refs needs --refs-column COL (the column of the references)")
+    if args.limit < 0 or (args.max_words is not None and args.max_words < 0):
+        raise TextVAEError("--limit and --max-words must be >= 0")
+    sweep = _floats(args.sweep, "--sweep")
+    max_words = dc.max_words if args.max_words is None else args.max_words
+    sources, refs = transfer_inputs(data, args.source, args.text_column or dc.text_column, label_column,
+                                    dc.min_words, max_words, refs=args.refs, refs_column=args.refs_column,
+                                    id_column=args.id_column, split=args.split, limit=args.limit)
+    clf = classifier_for(vae, seed=args.seed)
+    report = evaluate_transfer(vae, clf, sources, args.source, args.target, refs=refs,
+                               method=args.method, alpha=args.alpha, sweep=sweep,
+                               methods=args.sweep_methods.split(",") if args.sweep_methods else (),
+                               seed=args.seed, strategy=args.strategy, candidates=args.candidates, judge=args.judge)
+    report.update({"checkpoint": str(vae.path), "data": data, "refs": args.refs, "min_words": dc.min_words,
+                   "max_words": max_words})
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"checkpoint: {vae.path}\ndata: {data} ({label_column} == {args.source!r}, {dc.min_words}..{max_words or 'any'} "
+              f"words){'; references: ' + args.refs + ' column ' + args.refs_column if args.refs else ''}\n")
+        print(format_transfer_report(report))
+    return 0
+
+
+def _load_vae(args: argparse.Namespace, attributes: bool = True):
+    from textvae.api import TextVAE
+
+    vae = TextVAE.from_pretrained(args.checkpoint, device=_device(args.device), attributes=attributes)
+    if vae.model.is_lm:
+        raise TextVAEError("this checkpoint is a language model (latent_dim 0): it has no latent space")
+    return vae
+
+
+def _input_sentences(args: argparse.Namespace) -> list[str]:
+    """Sentences from the command line, else --input FILE, else stdin."""
+    if args.sentences:
+        if args.input:
+            raise TextVAEError("give sentences as arguments or --input FILE, not both")
+        return _check_arguments(args.sentences)
+    return _read_sentences(args.input)
+
+
+def _check_arguments(sentences: list[str]) -> list[str]:
+    from textvae.data import normalise_text
+
+    texts = [normalise_text(s) for s in sentences]
+    for i, t in enumerate(texts, start=1):
+        if not t:
+            raise TextVAEError(f"sentence {i} is empty")
+    return texts
+
+
+def _read_sentences_raw(path: str | None) -> list[str]:
+    """Non-empty lines of a UTF-8 file or stdin, tabs kept."""
+    if path is None or path == "-":
+        if sys.stdin.isatty():
+            raise TextVAEError("no input: give --input FILE or pipe lines on stdin")
+        raw, name = sys.stdin.buffer.read(), "stdin"
+    else:
+        if not Path(path).is_file():
+            raise TextVAEError(f"input file not found: {path}")
+        raw, name = Path(path).read_bytes(), path
+    try:
+        lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise TextVAEError(f"{name}: not valid UTF-8 (byte {e.start})") from None
+    if not lines:
+        raise TextVAEError(f"{name}: no lines")
+    return lines
+
+
+def _decoding(args: argparse.Namespace) -> dict:
+    kw = {"strategy": args.strategy, "seed": args.seed}
+    if args.strategy == "sample":
+        if not 0.0 < args.top_p <= 1.0:
+            raise TextVAEError("--top-p must be in (0, 1]")
+        kw["top_p"] = args.top_p
+    if args.strategy == "beam":
+        if args.beam_size < 1:
+            raise TextVAEError("--beam-size must be at least 1")
+        kw["beam_size"] = args.beam_size
+    return kw
+
+
+def _write_lines(args: argparse.Namespace, records: list[dict]) -> None:
+    """One line per record: its 'output', or the whole record as JSON with --json; to --output
+    FILE (written atomically) or stdout."""
+    lines = [json.dumps(r, ensure_ascii=False) if args.json else r["output"] for r in records]
+    out = getattr(args, "output", None)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+        os.replace(tmp, path)
+        log.info("wrote %d lines to %s", len(lines), path)
+    else:
+        for x in lines:
+            print(x)
+
+
+def _floats(text: str | None, option: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TextVAEError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
 def _read_sentences(path: str | None, keep_empty: bool = False) -> list[str]:
     """Sentences, one per line, from a UTF-8 text file or stdin ('-' or None)."""
     from textvae.data import normalise_text
@@ -312,12 +532,107 @@ def _add_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logvar", action="store_true", help="also write log-variances (.npy: FILE.logvar.npy)")
 
 
+def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON object per line") -> None:
+    _add_checkpoint(p)
+    p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="greedy",
+                   help="decoding strategy (default: greedy; --seed drives 'sample')")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus mass for --strategy sample (default 0.9)")
+    p.add_argument("--beam-size", type=int, default=4, help="beams for --strategy beam (default 4)")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def _add_sentences(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences (default: --input FILE, else stdin)")
+    p.add_argument("--input", help="text file, one sentence per line ('-': stdin)")
+    p.add_argument("--output", help="write the lines to FILE (atomically) instead of stdout")
+
+
+def _add_reconstruct(p: argparse.ArgumentParser) -> None:
+    _add_sentences(p)
+    _add_latent_common(p, "one JSON object per line: source, output")
+
+
+def _add_interpolate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sentences", nargs=2, metavar="SENTENCE", help="the two endpoints A and B")
+    p.add_argument("--steps", type=int, default=5, help="points on the path, endpoints included (default 5)")
+    p.add_argument("--method", choices=("lerp", "slerp"), default="lerp",
+                   help="lerp: straight line; slerp: great circle with the norm moving linearly (default lerp)")
+    _add_latent_common(p, "one JSON object per line: step, t, output")
+
+
+def _add_transfer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, metavar="LABEL", help="label of the input style")
+    p.add_argument("--to", dest="target", required=True, metavar="LABEL", help="label of the output style")
+    p.add_argument("--method", choices=("mean-diff", "project", "search"), default=None,
+                   help="mean-diff: z + alpha (target mean - source mean); project: set z's coordinate on the "
+                        "style axis to the target mean's; search: try strengths up to alpha on the project "
+                        "path, keep the weakest that lands in the target style (default: search)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="strength (default 1 for mean-diff/project; for search, the largest tried: 2)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="search: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
+    p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
+                   help="search: accept an output when its re-encoded code is past the midpoint of the two "
+                        "attribute vectors (latent, default) or when the style classifier says so (classifier)")
+
+
+def _add_transfer(p: argparse.ArgumentParser) -> None:
+    _add_sentences(p)
+    _add_transfer_options(p)
+    p.add_argument("--score", action="store_true",
+                   help="add the style classifier's target probability and sentence BLEU to the source (--json)")
+    _add_latent_common(p, "one JSON object per line: source, output, alpha (and scores with --score)")
+
+
+def _add_analogy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="A B C (or --input FILE of tab-separated triples)")
+    p.add_argument("--input", help="file of lines 'A<TAB>B<TAB>C' ('-': stdin)")
+    p.add_argument("--output", help="write the lines to FILE (atomically) instead of stdout")
+    _add_latent_common(p, "one JSON object per line: a, b, c, output")
+
+
+def _add_attributes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (the vectors are written into it)")
+    p.add_argument("--data", required=True, help="labelled data file or hub dataset")
+    p.add_argument("--label-column", help="label column (default: the checkpoint's)")
+    p.add_argument("--text-column", help="text column (default: the checkpoint's)")
+    p.add_argument("--split", default="train", help="hub split (local files are one split)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def _add_evaluate_transfer(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint(p)
+    _add_transfer_options(p)
+    p.add_argument("--data", help="labelled file; its rows whose label is --from are the inputs "
+                                  "(default: the checkpoint config's test file)")
+    p.add_argument("--split", default="train", help="hub split (local files are one split)")
+    p.add_argument("--label-column", help="label column (default: the checkpoint's)")
+    p.add_argument("--text-column", help="text column (default: the checkpoint's)")
+    p.add_argument("--max-words", type=int, default=None,
+                   help="drop longer inputs (default: the checkpoint's data.max_words; 0: no limit)")
+    p.add_argument("--refs", help="file with reference transfers (e.g. data/bible/test_parallel.jsonl.gz)")
+    p.add_argument("--refs-column", help="column of --refs holding the references (e.g. web)")
+    p.add_argument("--id-column", help="join inputs and references on this column (default: same order)")
+    p.add_argument("--limit", type=int, default=0, help="first N inputs only (0: all)")
+    p.add_argument("--sweep", default="0,0.5,1,1.5,2,3", help="strengths to report as well (comma-separated; '' none)")
+    p.add_argument("--sweep-methods", default="mean-diff,project,search",
+                   help="methods of the sweep (comma-separated)")
+    p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="greedy", help="decoding (default greedy)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "train": (cmd_train, _add_train),
     "sample": (cmd_sample, _add_sample),
     "evaluate": (cmd_evaluate, _add_evaluate),
     "score": (cmd_score, _add_score),
     "encode": (cmd_encode, _add_encode),
+    "reconstruct": (cmd_reconstruct, _add_reconstruct),
+    "interpolate": (cmd_interpolate, _add_interpolate),
+    "transfer": (cmd_transfer, _add_transfer),
+    "analogy": (cmd_analogy, _add_analogy),
+    "attributes": (cmd_attributes, _add_attributes),
+    "evaluate-transfer": (cmd_evaluate_transfer, _add_evaluate_transfer),
 }
 
 
