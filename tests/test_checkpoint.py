@@ -37,8 +37,8 @@ SENTENCES = ["In the beginning God created the heaven and the earth.", "Jesus we
 
 def test_run_folder_layout(trained_run):
     ck = trained_run / ckpt.CHECKPOINT_DIR
-    assert sorted(p.name for p in ck.iterdir()) == sorted(
-        [ckpt.CONFIG, ckpt.WEIGHTS, ckpt.TOKENIZER, ckpt.TRAINER_STATE])
+    assert sorted(p.name for p in ck.iterdir()) == sorted(  # + attribute vectors: the tiny data has labels
+        [ckpt.CONFIG, ckpt.WEIGHTS, ckpt.TOKENIZER, ckpt.TRAINER_STATE, ckpt.ATTRIBUTES, ckpt.ATTRIBUTES_INFO])
     assert (trained_run / "metrics.jsonl").is_file()
     meta = json.loads((ck / ckpt.CONFIG).read_text(encoding="utf-8"))
     assert meta["format"] == "textvae"
