@@ -218,6 +218,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if args.score:
         from textvae.style import classifier_for, sentence_bleu
 
+        args.json = True
         clf = classifier_for(vae, seed=args.seed)
         probs = clf.prob(out.texts, args.target).tolist()
         for r, p, label in zip(records, probs, clf.predict(out.texts)):
@@ -566,9 +567,11 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("mean-diff", "project", "search"), default=None,
                    help="mean-diff: z + alpha (target mean - source mean); project: set z's coordinate on the "
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
-                        "path, keep the weakest that lands in the target style (default: search)")
+                        "path, keep the weakest that lands in the target style (default: mean-diff, the best "
+                        "on the validation books)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="strength (default 1 for mean-diff/project; for search, the largest tried: 2)")
+                   help="strength; 0 gives the reconstruction (default: 8 for mean-diff and search, where it is "
+                        "the largest tried, 2 for project)")
     p.add_argument("--candidates", type=int, default=None,
                    help="search: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
     p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
@@ -580,7 +583,8 @@ def _add_transfer(p: argparse.ArgumentParser) -> None:
     _add_sentences(p)
     _add_transfer_options(p)
     p.add_argument("--score", action="store_true",
-                   help="add the style classifier's target probability and sentence BLEU to the source (--json)")
+                   help="add the style classifier's verdict, its target probability and the sentence BLEU to the "
+                        "source (implies --json)")
     _add_latent_common(p, "one JSON object per line: source, output, alpha (and scores with --score)")
 
 
