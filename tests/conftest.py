@@ -18,10 +18,10 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 _HF_CACHE = tempfile.mkdtemp(prefix="textvae-tests-hf-")
 os.environ["HF_DATASETS_CACHE"] = _HF_CACHE
 
-# Two threads match the two cores of the reference machine. When another process keeps a core
-# busy, two spinning OpenMP threads slow torch down many times over; TEXTVAE_TEST_THREADS=1
-# then keeps the suite fast.
-THREADS = int(os.environ.get("TEXTVAE_TEST_THREADS", "2"))
+# One thread: the test models are tiny, so a second thread buys little, and when another
+# process keeps a core busy two spinning OpenMP threads slow torch down many times over
+# (seen here: the suite took 10 minutes instead of 50 s). TEXTVAE_TEST_THREADS overrides it.
+THREADS = int(os.environ.get("TEXTVAE_TEST_THREADS", "1"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
