@@ -1,0 +1,133 @@
+"""Style-transfer benchmark on the bundled Bible: KJV -> WEB and WEB -> KJV by latent arithmetic.
+
+For each direction, the inputs are the held-out books' verses in the source style that pass the
+checkpoint's own data filters (data.min_words..data.max_words words), the references are the
+same verses in the target style (data/bible/*_parallel.jsonl.gz, joined on the verse id), and
+the report compares the default transfer with the copy baseline (output = input), the
+references themselves, and a sweep of strengths for every method. Everything is computed by
+``textvae.style.evaluate_transfer``, the function behind ``textvae evaluate-transfer``.
+
+    python scripts/benchmark_transfer.py --checkpoint runs/default                 # test books
+    python scripts/benchmark_transfer.py --checkpoint runs/default --limit 100     # a quick run
+    python scripts/benchmark_transfer.py --checkpoint runs/default --split valid \\
+        --out docs/transfer_methods_valid.md                                      # choosing a method
+
+Writes the markdown report (with the command that reproduces it) to --out and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DIRECTIONS = (("kjv", "web"), ("web", "kjv"))
+FILES = {"test": ("data/bible/test.jsonl.gz", "data/bible/test_parallel.jsonl.gz"),
+         "valid": ("data/bible/valid.jsonl.gz", "data/bible/valid_parallel.jsonl.gz")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (with attribute vectors)")
+    p.add_argument("--split", choices=tuple(FILES), default="test", help="held-out books (default: test)")
+    p.add_argument("--limit", type=int, default=0, help="first N inputs per direction (0: all)")
+    p.add_argument("--method", default=None, help="the transfer to report (default: textvae's default)")
+    p.add_argument("--alpha", type=float, default=None, help="its strength (default: the method's default)")
+    p.add_argument("--sweep", default="1,2,4,6,8", help="strengths of the sweep (comma-separated)")
+    p.add_argument("--methods", default="mean-diff,project,search,search:classifier",
+                   help="methods of the sweep (comma-separated; search:classifier judges with the classifier)")
+    p.add_argument("--examples", type=int, default=5, help="example transfers per direction in the report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="markdown file (default: docs/benchmark_transfer.md, or "
+                                 "docs/transfer_methods_valid.md for --split valid)")
+    args = p.parse_args(argv)
+    os.chdir(REPO)  # the bundled data paths (and the checkpoint config's) are relative to the repository
+
+    from textvae import TextVAE
+    from textvae.errors import TextVAEError
+    from textvae.style import classifier_for, evaluate_transfer, format_transfer_table, transfer_inputs
+
+    out = Path(args.out or ("docs/benchmark_transfer.md" if args.split == "test" else "docs/transfer_methods_valid.md"))
+    data, parallel = FILES[args.split]
+    try:
+        vae = TextVAE.from_pretrained(args.checkpoint, device=args.device)
+        dc = vae.config.data
+        clf = classifier_for(vae, seed=args.seed)
+        sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        reports = []
+        for source, target in DIRECTIONS:
+            t0 = time.perf_counter()
+            sources, refs = transfer_inputs(data, source, dc.text_column, "style", dc.min_words, dc.max_words,
+                                            refs=parallel, refs_column=target, id_column="id", limit=args.limit)
+            r = evaluate_transfer(vae, clf, sources, source, target, refs=refs, method=args.method, alpha=args.alpha,
+                                  sweep=sweep, methods=methods, seed=args.seed)
+            r["seconds"] = time.perf_counter() - t0
+            reports.append(r)
+            print(f"{source} -> {target}: {len(sources)} sentences in {r['seconds']:.0f} s", file=sys.stderr)
+    except TextVAEError as e:
+        print(f"benchmark_transfer: error: {e}", file=sys.stderr)
+        return 2
+
+    command = "python scripts/benchmark_transfer.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    c = clf.info
+    lines = [
+        f"# Style transfer by latent arithmetic: KJV <-> WEB, {args.split} books",
+        "",
+        f"Reproduce with `{command}` (checkpoint `{args.checkpoint}`, trained for {vae.meta.get('step')} steps; "
+        f"latent_dim {vae.latent_dim}, model.max_len {vae.model.cfg.max_len} tokens).",
+        "",
+        f"Inputs: the {args.split} books' verses ({data}) in the source style that pass the checkpoint's own data "
+        f"filters, {dc.min_words} to {dc.max_words or 'any number of'} words (the model was trained on such verses "
+        f"only); references: the same verses in the target style ({parallel}, joined on `id`)"
+        + (f"; first {args.limit} per direction" if args.limit else "") + ".",
+        "",
+        f"Style accuracy: share of outputs that textvae's style classifier labels as the target style. "
+        f"Classifier: {c.get('model')}, {c.get('buckets')} hashed buckets, trained on {c.get('train_file')} "
+        f"({c.get('train_sentences')} sentences), held-out accuracy "
+        f"{100 * c.get('heldout_accuracy', float('nan')):.1f}% on {c.get('heldout_file')}. "
+        "Self-BLEU: corpus BLEU of the outputs against their inputs (content kept); ref-BLEU: against the "
+        "references; GM: geometric mean sqrt(accuracy in % x BLEU). "
+        "`search` decodes up to 4 strengths (alpha/4 ... alpha) on the `project` path and keeps the weakest "
+        "whose output its judge accepts (`latent`: the re-encoded output lies past the midpoint of the two "
+        "attribute vectors; `classifier`: the style classifier above, which then also scores it, so its "
+        "accuracy is optimistic); its alpha column shows the largest strength and the mean strength used.",
+        "",
+        f"sacrebleu signature: `{reports[0]['signature']}`",
+    ]
+    for r in reports:
+        lines += ["", f"## {r['source_label']} -> {r['target_label']} ({r['sentences']} sentences, "
+                      f"{r['truncated']} truncated to the model's length limit; {r['seconds']:.0f} s)", "",
+                  format_transfer_table(r["rows"]), "", "Strength sweep:", "", format_transfer_table(r["sweep"]), "",
+                  "Best of the sweep by GM(acc, ref-BLEU), per method:", "", _best(r["sweep"]), "",
+                  f"Examples ({r['rows'][-1]['method']}, alpha {r['rows'][-1]['alpha']:g}):", ""]
+        for e in r["examples"][: args.examples]:
+            lines += [f"- source: {e['source']}", f"  - output: {e['output']}", f"  - reference: {e['reference']}"]
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    print(text)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _best(rows: list[dict]) -> str:
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["method"] not in best or r["gm_ref"] > best[r["method"]]["gm_ref"]:
+            best[r["method"]] = r
+    lines = ["| method | alpha | style acc. | ref-BLEU | GM(acc, ref-BLEU) |", "|---|---:|---:|---:|---:|"]
+    for m, r in best.items():
+        lines.append(f"| {m} | {r['alpha']:g} | {100 * r['accuracy']:.1f}% | {r['ref_bleu']:.1f} | {r['gm_ref']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
