@@ -179,24 +179,13 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
     return neg_elbo, kl_out
 
 
-@torch.no_grad()
 def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
                      batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu, logvar (N, L) in the order of ``ids``."""
-    device = next(model.parameters()).device
-    L = model.cfg.latent_dim
-    mu_all = torch.empty(len(ids), L)
-    lv_all = torch.empty(len(ids), L)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(ids), batch_size):
-        idx = list(range(start, min(start + batch_size, len(ids))))
-        b = collate([ids[i] for i in idx], tok).to(device)
-        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
-        mu_all[idx] = mu.float().cpu()
-        lv_all[idx] = logvar.float().cpu()
-    model.train(was_training)
-    return mu_all, lv_all
+    """mu, logvar (N, L) on the CPU, in the order of ``ids`` (see ``latent.posterior_means``)."""
+    from textvae.latent import posterior_means
+
+    mu, logvar = posterior_means(model, ids, tok, batch_size)
+    return mu.cpu(), logvar.cpu()
 
 
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int = 128, seed: int = 0) -> float:
