@@ -263,8 +263,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
                 out = model(b.enc_ids, b.enc_mask, dec_in)
             terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits)
             scaler.scale(terms["loss"] / tc.grad_accum).backward()
-            for k in sums:
-                sums[k] += float(terms[k].detach()) / tc.grad_accum
+            # one device-to-host copy for all logged terms, not one sync per term
+            for k, v in zip(sums, torch.stack([terms[k].detach() for k in sums]).tolist()):
+                sums[k] += v / tc.grad_accum
         scaler.unscale_(optimizer)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
