@@ -31,7 +31,7 @@ def vae(trained) -> TextVAE:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+            p.add_(torch.randn(p.shape, generator=g) * 0.4)
     v = TextVAE(model, trained.tokenizer, trained.config, trained.meta, path=None)
     labels = [json.loads(line)["style"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
     texts = [json.loads(line)["text"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]

@@ -236,3 +236,15 @@ def test_attributes_command_replaces_stale_vectors(run_cli, copy_run):
     assert rc == 0, err
     rc, _, err = run_cli("transfer", "--checkpoint", run, "--from", "kjv", "--to", "web", A)
     assert rc == 0, err
+
+
+def test_no_repeat_ngram_option(run_cli, trained_run):
+    rc, out, err = run_cli("reconstruct", "--checkpoint", trained_run, "--no-repeat-ngram", "2", A, B)
+    assert rc == 0 and len(out.splitlines()) == 2, err
+    rc, out, err = run_cli("sample", "--checkpoint", trained_run, "-n", "3", "--no-repeat-ngram", "3")
+    assert rc == 0 and len(out.splitlines()) == 3, err
+    rc, _, err = run_cli("reconstruct", "--checkpoint", trained_run, "--no-repeat-ngram", "-1", A)
+    assert_user_error(rc, err, "reconstruct", "--no-repeat-ngram")
+    rc, _, err = run_cli("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web",
+                         "--strategy", "beam", "--no-repeat-ngram", "3", A)
+    assert_user_error(rc, err, "transfer", "not beam")

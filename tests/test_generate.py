@@ -252,3 +252,42 @@ def test_beam_finds_a_likely_sequence(trained, prior_z):
         assert math.isfinite(b)
         better += b >= g - 1e-4
     assert better >= z.shape[0] - 1
+
+
+# --------------------------------------------------------------------------- repeated n-grams
+
+
+def test_ban_repeated_ngrams_masks_the_completing_tokens():
+    out = torch.tensor([[5, 6, 7, 5, 6], [1, 1, 1, 1, 1], [5, 6, EOS, 5, 6]])
+    logits = generate.ban_repeated_ngrams(torch.zeros(3, 10), out, 3, EOS)
+    assert kept(logits) == [[t for t in range(10) if t != 7], [t for t in range(10) if t != 1], list(range(10))]
+    assert kept(generate.ban_repeated_ngrams(torch.zeros(1, 10), out[:1], 1, EOS)) == [[0, 1, 2, 3, 4, 8, 9]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_output_has_no_repeated_ngram(n):
+    model = forced_model(9)  # without the ban: 9 9 9 9 ...
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    plain = generate.decode(model, z, BOS, EOS, "greedy", max_len=10)
+    assert plain.ids[0] == [9] * 10
+    out = generate.decode(model, z, BOS, EOS, "greedy", max_len=10, no_repeat_ngram=n)
+    for row in out.ids:
+        grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+        assert len(grams) == len(set(grams)), row
+        assert row[: n] == [9] * n  # the ban changes nothing before an n-gram could repeat
+    sampled = generate.decode(model, z, BOS, EOS, "sample", max_len=10, no_repeat_ngram=n,
+                              generator=torch.Generator().manual_seed(0))
+    for row in sampled.ids:
+        grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+        assert len(grams) == len(set(grams)), row
+
+
+def test_no_repeat_ngram_zero_is_plain_decoding_and_beam_refuses_it():
+    model = make_model()
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
+    assert generate.decode(model, z, BOS, EOS, "greedy", max_len=12, no_repeat_ngram=0).ids == \
+        generate.decode(model, z, BOS, EOS, "greedy", max_len=12).ids
+    with pytest.raises(ValueError):
+        generate.decode(model, z, BOS, EOS, "beam", no_repeat_ngram=3)
+    with pytest.raises(ValueError):
+        generate.decode(model, z, BOS, EOS, "greedy", no_repeat_ngram=-1)

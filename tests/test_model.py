@@ -199,3 +199,51 @@ def test_gradients_reach_encoder():
     out.logits.logsumexp(-1).sum().backward()
     assert model.encoder[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.to_posterior.weight.grad.abs().sum() > 0
+
+
+def test_initial_posterior_is_narrow():
+    """model.init_logvar sets the logvar head's bias: at -6 a sample stays within ~0.05 of mu."""
+    torch.manual_seed(0)
+    model = SentenceVAE(small_model_config(init_logvar=-6.0))
+    L = model.cfg.latent_dim
+    assert torch.all(model.to_posterior.bias[L:] == -6.0)
+    ids = torch.randint(4, 40, (8, 7))
+    mu, logvar = model.encode(ids, torch.ones_like(ids, dtype=torch.bool))
+    z = model.reparameterize(mu, logvar)
+    assert (z - mu).std() < 0.1 < 2 * mu.std() + 0.1
+    wide = SentenceVAE(small_model_config(init_logvar=0.0))
+    assert torch.all(wide.to_posterior.bias[L:] == 0.0)
+
+
+def _autoencode(init_logvar: float, steps: int = 120) -> tuple[float, float]:
+    """Train on random token strings (no structure but what z carries), beta = 0; return the
+    reconstruction NLL with each sentence's own posterior mean and with the means shuffled."""
+    from textvae.losses import reconstruction_nll
+
+    torch.manual_seed(0)
+    model = SentenceVAE(small_model_config(init_logvar=init_logvar, vocab_size=24))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randint(4, 24, (32, 6), generator=g)
+        enc = torch.cat([torch.full((32, 1), 1), x, torch.full((32, 1), 2)], 1)
+        dec_in, targets = enc[:, :-1], enc[:, 1:]
+        out = model(enc, torch.ones_like(enc, dtype=torch.bool), dec_in)
+        loss = reconstruction_nll(out.logits, targets, 0).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        x = torch.randint(4, 24, (64, 6), generator=g)
+        enc = torch.cat([torch.full((64, 1), 1), x, torch.full((64, 1), 2)], 1)
+        mu, _ = model.encode(enc, torch.ones_like(enc, dtype=torch.bool))
+        own = reconstruction_nll(model.decode(enc[:, :-1], mu)[0], enc[:, 1:], 0).mean().item()
+        other = reconstruction_nll(model.decode(enc[:, :-1], mu.roll(1, 0))[0], enc[:, 1:], 0).mean().item()
+    return own, other
+
+
+def test_narrow_initial_posterior_makes_the_decoder_read_z():
+    """The point of init_logvar: on strings that only z can explain, the decoder learns to use z."""
+    own, other = _autoencode(-6.0)  # measured: 15.5 vs 23.1 nats; with init_logvar 0: 17.1 vs 19.6
+    assert own < other - 5.0, (own, other)

@@ -38,6 +38,7 @@ from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER, TRAINER_STATE = "config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"
+ENCODER_TOKENIZER = "encoder_tokenizer.json"  # a pretrained encoder's own tokenizer
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -71,7 +72,16 @@ def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Saving from the unwrapped module strips DDP/compile prefixes in one place.
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        # A pretrained decoder may tie its output layer to its input embedding (GPT-2's lm_head
+        # and wte): the shared tensor is stored once, under its first name.
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if v.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().cpu().contiguous()
+    return out
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
@@ -93,9 +103,21 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokeniz
             "special_ids": tokenizer.special_ids,
             **(meta or {}),
         }
+        info.pop("pretrained_configs", None)
+        info.pop("encoder_tokenizer", None)
+        unwrapped = getattr(model, "_orig_mod", model)
+        unwrapped = getattr(unwrapped, "module", unwrapped)
+        parts = unwrapped.pretrained_configs() if hasattr(unwrapped, "pretrained_configs") else {}
+        if parts:  # transformers configs of the pretrained parts: load_pretrained rebuilds them offline
+            info["pretrained_configs"] = parts
+        enc_tok = getattr(tokenizer, "encoder_tokenizer", None)
+        if enc_tok is not None:
+            info["encoder_tokenizer"] = enc_tok.info
         (tmp / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         save_file(_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         tokenizer.save(tmp / TOKENIZER)
+        if enc_tok is not None:
+            (tmp / ENCODER_TOKENIZER).write_text(enc_tok.to_json(), encoding="utf-8")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
         for name, data in (extra_files or {}).items():
@@ -149,12 +171,31 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Loa
             f"{config.model.vocab_size}; the tokenizer does not belong to this model")
     if meta.get("special_ids") and tokenizer.special_ids != meta["special_ids"]:
         raise CheckpointError(f"{path}: tokenizer special ids {tokenizer.special_ids} differ from config.json's {meta['special_ids']}")
-    model = SentenceVAE(config.model, pad_id=tokenizer.pad_id)
+    mc = config.model
+    if mc.encoder.type == "pretrained" and mc.latent_dim > 0:
+        if not (path / ENCODER_TOKENIZER).is_file() or not isinstance(meta.get("encoder_tokenizer"), dict):
+            raise CheckpointError(f"checkpoint {path} is incomplete: its pretrained encoder's tokenizer "
+                                  f"({ENCODER_TOKENIZER} and its entry in {CONFIG}) is missing")
+        from textvae.tokenizer import EncoderTokenizer
+
+        tokenizer.encoder_tokenizer = EncoderTokenizer.from_json(
+            (path / ENCODER_TOKENIZER).read_text(encoding="utf-8"), meta["encoder_tokenizer"])
+    saved_parts = None
+    if "pretrained" in (mc.encoder.type if mc.latent_dim > 0 else None, mc.decoder.type):
+        # Rebuild the pretrained parts from their saved transformers configs: no download, and
+        # the original folders need not exist any more; the weights come from model.safetensors.
+        saved_parts = meta.get("pretrained_configs")
+        if not isinstance(saved_parts, dict):
+            raise CheckpointError(f"{path / CONFIG} lacks the pretrained parts' configs (pretrained_configs)")
+    try:
+        model = SentenceVAE(mc, pad_id=tokenizer.pad_id, pretrained_configs=saved_parts)
+    except (TextVAEError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from {CONFIG}: {str(e)[:200]}") from None
     try:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path / WEIGHTS} is damaged: {str(e)[:200]}") from None
-    expected = model.state_dict()
+    expected = _state_dict(model)  # tied aliases (a pretrained decoder's lm_head) are stored once
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -163,7 +204,11 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if bad:
         raise CheckpointError(f"{path / WEIGHTS}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
                               f"config.json implies {tuple(expected[bad[0]].shape)}")
-    model.load_state_dict(state)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:  # only tied aliases may be missing, and they share the stored tensor
+        aliases = set(model.state_dict()) - set(expected)
+        if not set(result.missing_keys) <= aliases:
+            raise CheckpointError(f"{path / WEIGHTS} does not match config.json (missing {sorted(result.missing_keys)[:3]})")
     model.to(device).eval()
     return Loaded(model, tokenizer, config, meta, path)
 

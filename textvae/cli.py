@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from textvae.errors import TextVAEError
+from textvae.errors import ConfigError, TextVAEError
 
 log = logging.getLogger("textvae")
 
@@ -54,10 +54,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise TextVAEError("--temperature must be > 0")
     if args.beam_size < 1 or args.top_k < 0 or (args.max_len is not None and args.max_len < 1):
         raise TextVAEError("--beam-size and --max-len must be at least 1, --top-k at least 0")
+    _check_no_repeat(args)
     loaded = load_pretrained(args.checkpoint, device=_device(args.device))
     texts, finished = sample(loaded.model, loaded.tokenizer, args.n, seed=args.seed, strategy=args.strategy,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             beam_size=args.beam_size, max_len=args.max_len)
+                             beam_size=args.beam_size, max_len=args.max_len, no_repeat_ngram=args.no_repeat_ngram)
     for t in texts:
         print(t)
     if args.stats:
@@ -316,6 +317,77 @@ def cmd_evaluate_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- seeing what the model learned (textvae/viz.py, serve.py)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Plot a run's training curves (reconstruction, KL, beta*KL, beta, active units, validation -ELBO) as PNGs, collapse marked."""
+    from textvae.viz import plot_run
+
+    files, spans = plot_run(args.run_dir, args.out, threshold=args.collapse_kl, min_steps=args.collapse_steps)
+    for f in files:
+        print(f)
+    if spans:
+        log.warning("posterior collapse: train KL under %g for steps %s", args.collapse_kl,
+                    ", ".join(f"{a}-{b}" for a, b in spans))
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """Draw a 2-D projection (PCA by default) of the posterior means of a data file, coloured by label."""
+    from textvae.viz import MAP_LIMIT, atomic_write_bytes, latent_map, load_labelled
+
+    if args.limit is not None and args.limit < 0:
+        raise TextVAEError("--limit must be >= 0")
+    vae = _load_vae(args, attributes=False)
+    data = args.data or vae.config.data.valid or vae.config.data.train
+    texts, labels, column = load_labelled(data, vae, args.text_column, args.label_column,
+                                          limit=MAP_LIMIT if args.limit is None else args.limit, seed=args.seed)
+    if args.projection == "axis" and (labels is None or len(set(labels)) < 2):
+        raise TextVAEError("--projection axis needs labelled data with at least two labels (--label-column COL)")
+    png, m = latent_map(vae, texts, labels, args.projection,
+                        title=f"{Path(data).name}: posterior means of {len(texts)} sentences"
+                              + (f", coloured by {column}" if column else ""))
+    run_dir = vae.path.parent if vae.path.name == "checkpoint" else vae.path
+    out = Path(args.output) if args.output else run_dir / "plots" / "map.png"
+    atomic_write_bytes(out, png)
+    if m.kept_share is not None:
+        log.info("attribute direction %s -> %s: %.0f%% of its length lies in the plotted plane",
+                 m.label_names[0], m.label_names[1], 100 * m.kept_share)
+    print(out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained HTML report of a run: config, curves, evaluation, samples, interpolation, transfers."""
+    from textvae.viz import build_report
+
+    if args.interpolate is not None:
+        _check_arguments(args.interpolate)
+    out = build_report(args.run_dir, checkpoint=args.checkpoint, output=args.output, evaluation=args.evaluation,
+                       samples=args.samples, seed=args.seed, interpolate=tuple(args.interpolate) if args.interpolate else None,
+                       transfers=args.transfers, map_limit=args.map_limit, device=_device(args.device))
+    print(out)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a local web demo: sample, interpolate with a slider, transfer with an alpha slider (plus JSON endpoints)."""
+    from textvae.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise TextVAEError(f"--port must be in 0..65535, got {args.port}")
+
+    def ready(url: str) -> None:
+        print(f"serving the textvae demo on {url} (Ctrl-C stops)", flush=True)
+
+    try:
+        serve(args.checkpoint, host=args.host, port=args.port, device=_device(args.device), ready=ready)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
 def _load_vae(args: argparse.Namespace, attributes: bool = True):
     from textvae.api import TextVAE
 
@@ -363,8 +435,19 @@ def _read_sentences_raw(path: str | None) -> list[str]:
     return lines
 
 
+def _check_no_repeat(args: argparse.Namespace) -> None:
+    n = getattr(args, "no_repeat_ngram", 0)
+    if n < 0:
+        raise TextVAEError("--no-repeat-ngram must be >= 0")
+    if n and args.strategy == "beam":
+        raise TextVAEError("--no-repeat-ngram applies to --strategy greedy or sample, not beam")
+
+
 def _decoding(args: argparse.Namespace) -> dict:
+    _check_no_repeat(args)
     kw = {"strategy": args.strategy, "seed": args.seed}
+    if getattr(args, "no_repeat_ngram", 0):
+        kw["no_repeat_ngram"] = args.no_repeat_ngram
     if args.strategy == "sample":
         if not 0.0 < args.top_p <= 1.0:
             raise TextVAEError("--top-p must be in (0, 1]")
@@ -487,6 +570,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9; 1 disables)")
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--max-len", type=int, default=None, help="most tokens per sentence")
+    p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                   help="forbid repeating any token N-gram in a sentence (greedy/sample; default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--stats", action="store_true",
@@ -539,6 +624,8 @@ def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON ob
                    help="decoding strategy (default: greedy; --seed drives 'sample')")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus mass for --strategy sample (default 0.9)")
     p.add_argument("--beam-size", type=int, default=4, help="beams for --strategy beam (default 4)")
+    p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                   help="forbid repeating any token N-gram in an output (greedy/sample; default 0: off)")
     p.add_argument("--json", action="store_true", help=json_help)
 
 
@@ -567,11 +654,11 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("mean-diff", "project", "search"), default=None,
                    help="mean-diff: z + alpha (target mean - source mean); project: set z's coordinate on the "
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
-                        "path, keep the weakest that lands in the target style (default: mean-diff, the best "
+                        "path, keep the weakest that lands in the target style (default: project, the best "
                         "on the validation books)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="strength; 0 gives the reconstruction (default: 8 for mean-diff and search, where it is "
-                        "the largest tried, 2 for project)")
+                   help="strength; 0 gives the reconstruction (default: 2 for mean-diff and project, 4 for search, "
+                        "where it is the largest tried)")
     p.add_argument("--candidates", type=int, default=None,
                    help="search: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
     p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
@@ -625,6 +712,53 @@ def _add_evaluate_transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _add_plot(p: argparse.ArgumentParser) -> None:
+    from textvae.viz import COLLAPSE_KL, COLLAPSE_STEPS
+
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
+    p.add_argument("--collapse-kl", type=float, default=COLLAPSE_KL,
+                   help=f"train KL (nats/sentence) under which the posterior counts as collapsed (default {COLLAPSE_KL})")
+    p.add_argument("--collapse-steps", type=int, default=COLLAPSE_STEPS,
+                   help=f"...for at least this many steps (default {COLLAPSE_STEPS})")
+
+
+def _add_map(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint(p)
+    p.add_argument("--data", help="data file to encode (default: the checkpoint config's validation file)")
+    p.add_argument("--label-column", help="column to colour by (default: the checkpoint's, when the file has it; "
+                                          "'none': no colours)")
+    p.add_argument("--text-column", help="text column (default: the checkpoint's)")
+    p.add_argument("--projection", choices=("pca", "axis"), default="pca",
+                   help="pca: the two directions of largest variance; axis: x along the attribute direction "
+                        "(first label -> second), y the largest remaining variance (default pca)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="encode a random subset of at most N sentences (default 3000; 0: all)")
+    p.add_argument("--output", help="PNG file (default: RUN_DIR/plots/map.png)")
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl (and checkpoint/)")
+    p.add_argument("--checkpoint", help="model to show (default: RUN_DIR's checkpoint)")
+    p.add_argument("--output", help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--evaluation", help="JSON from `textvae evaluate --json` (default: RUN_DIR/evaluation.json if present)")
+    p.add_argument("--samples", type=int, default=8, help="prior samples to show (default 8)")
+    p.add_argument("--interpolate", nargs=2, metavar="SENTENCE", help="endpoints of the interpolation "
+                                                                      "(default: two validation sentences)")
+    p.add_argument("--transfers", type=int, default=3, help="example transfers per direction (default 3)")
+    p.add_argument("--map-limit", type=int, default=1000, help="validation sentences in the latent map (0: no map)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the demo to the network)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "train": (cmd_train, _add_train),
     "sample": (cmd_sample, _add_sample),
@@ -637,6 +771,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "analogy": (cmd_analogy, _add_analogy),
     "attributes": (cmd_attributes, _add_attributes),
     "evaluate-transfer": (cmd_evaluate_transfer, _add_evaluate_transfer),
+    "plot": (cmd_plot, _add_plot),
+    "map": (cmd_map, _add_map),
+    "report": (cmd_report, _add_report),
+    "serve": (cmd_serve, _add_serve),
 }
 
 
@@ -663,7 +801,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TextVAEError as e:
-        print(f"textvae {args.command}: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        if rank != "0" and isinstance(e, ConfigError):
+            # Under torchrun every rank reads the same config: rank 0 reports it, once. Exiting at
+            # once could let torchrun stop rank 0 before it has printed, so give it a moment.
+            import time
+
+            time.sleep(3)
+            return 2
+        where = f" (rank {rank})" if rank != "0" else ""
+        print(f"textvae {args.command}{where}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"textvae {args.command}: interrupted", file=sys.stderr)

@@ -24,6 +24,54 @@ from textvae.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """Which network reads the sentence and gives q(z|x) (``model.encoder``)."""
+
+    type: str = "transformer"
+    """'transformer' (trained from scratch with model.d_model, enc_layers...) or 'pretrained'
+    (any encoder that transformers.AutoModel loads, e.g. a BERT-family model; it reads the
+    sentence through its own tokenizer, which is saved with the checkpoint)."""
+    name_or_path: Optional[str] = None
+    """'pretrained': a local folder (or a hub name when the hub can be reached)."""
+    freeze: bool = False
+    """'pretrained': keep the pretrained weights fixed (and their dropout off); only the posterior head trains."""
+    lr: float = 0.0
+    """'pretrained', not frozen: peak learning rate of the pretrained weights (same warmup and
+    decay as train.lr); 0 means train.lr."""
+
+    def __post_init__(self) -> None:
+        _choice("model.encoder.type", self.type, ("transformer", "pretrained"))
+        if self.type == "pretrained" and not self.name_or_path:
+            raise ConfigError("model.encoder.type 'pretrained' needs model.encoder.name_or_path (a local folder or a hub name)")
+        if self.lr < 0:
+            raise ConfigError("model.encoder.lr must be >= 0 (0: train.lr)")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Which network rebuilds the sentence from z (``model.decoder``)."""
+
+    type: str = "transformer"
+    """'transformer' (from scratch, z injected as model.z_injection says), 'gru' (the recurrent
+    VAE of Bowman et al. 2016: z is the initial hidden state and is concatenated to every input;
+    model.dec_layers GRU layers of width model.d_model) or 'pretrained' (any causal LM that
+    transformers.AutoModelForCausalLM loads, z injected as model.z_injection says; needs
+    tokenizer.kind 'pretrained' with the decoder's own tokenizer)."""
+    name_or_path: Optional[str] = None
+    """'pretrained': a local folder (or a hub name when the hub can be reached)."""
+    lr: float = 0.0
+    """'pretrained': peak learning rate of the pretrained weights; 0 means train.lr. The new
+    z-injection layers always use train.lr."""
+
+    def __post_init__(self) -> None:
+        _choice("model.decoder.type", self.type, ("transformer", "gru", "pretrained"))
+        if self.type == "pretrained" and not self.name_or_path:
+            raise ConfigError("model.decoder.type 'pretrained' needs model.decoder.name_or_path (a local folder or a hub name)")
+        if self.lr < 0:
+            raise ConfigError("model.decoder.lr must be >= 0 (0: train.lr)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the sentence VAE (see ``textvae/model.py``)."""
 
@@ -44,12 +92,19 @@ class ModelConfig:
     latent_dim: int = 32
     """Dimension of z; 0 builds a plain language model (no encoder, no z): the baseline a VAE must match."""
     pooling: str = "mean"
-    """How the encoder summarises a sentence: 'mean' (masked mean) or 'cls' (the bos position)."""
+    """How the encoder summarises a sentence: 'mean' (masked mean) or 'cls' (the first position:
+    bos for the transformer encoder, [CLS] for a BERT-family pretrained encoder)."""
     z_injection: str = "both"
     """How z reaches the decoder: 'memory' (an extra key/value slot at every layer),
     'embedding' (added to every input embedding) or 'both' (Li et al. 2020, Optimus)."""
     max_len: int = 64
     """Longest token sequence, bos/eos included, that the model handles."""
+    init_logvar: float = -6.0
+    """Initial log-variance of the posterior (the bias of its logvar head). Negative starts q(z|x)
+    narrow, so z carries the encoder's signal from the first step and the decoder learns to read
+    it; at 0 (sigma = 1) z starts as noise that the decoder learns to ignore, and z stays unused."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def __post_init__(self) -> None:
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
@@ -64,6 +119,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.max_len < 4:
             raise ConfigError("model.max_len must be at least 4")
+        if not math.isfinite(self.init_logvar) or not -20.0 <= self.init_logvar <= 5.0:
+            raise ConfigError(f"model.init_logvar must be in [-20, 5], got {self.init_logvar}")
         if self.vocab_size < 0 or self.d_ff < 0:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0")
 
@@ -98,6 +155,15 @@ class DataConfig:
     """Length bucketing: this many batches are drawn at random, sorted by length, cut into batches."""
     num_proc: int = 1
     """Processes for datasets.map tokenisation."""
+    streaming: bool = False
+    """Read the training split as a ``datasets`` stream (IterableDataset) instead of loading it:
+    for corpora larger than memory. The tokenizer is trained on the first streaming_sample
+    sentences; validation data is still loaded in memory."""
+    streaming_sample: int = 10000
+    """Streaming: cleaned sentences from the start of the stream that train the tokenizer
+    (and give the label names and the final attribute vectors)."""
+    shuffle_buffer: int = 10000
+    """Streaming: rows in the shuffle buffer (datasets' IterableDataset.shuffle), reseeded every epoch."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.bucket_size < 1:
@@ -106,6 +172,8 @@ class DataConfig:
             raise ConfigError("data.min_words and data.max_words must be >= 0")
         if self.max_words and self.max_words < self.min_words:
             raise ConfigError("data.max_words must be >= data.min_words")
+        if self.streaming_sample < 1 or self.shuffle_buffer < 1:
+            raise ConfigError("data.streaming_sample and data.shuffle_buffer must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -219,6 +287,12 @@ class TrainConfig:
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
     """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to <run>/tensorboard (every loss term, beta, word-dropout
+    rate, learning rate, gradient norm, validation active units); needs pip install 'textvae[viz]'."""
+    compile: bool = False
+    """Compile the training forward pass with torch.compile (slow first steps, faster later ones
+    on a GPU); evaluation and the key/value-cache decoder run the uncompiled module."""
     kl: KLConfig = field(default_factory=KLConfig)
     word_dropout: WordDropoutConfig = field(default_factory=WordDropoutConfig)
 
@@ -247,6 +321,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.decoder.type == "pretrained" and self.tokenizer.kind != "pretrained":
+            raise ConfigError("model.decoder.type 'pretrained' reads and writes its own vocabulary: set tokenizer.kind=pretrained "
+                              "and tokenizer.path to the decoder's folder")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -217,6 +217,7 @@ class Batch:
     dec_in: torch.Tensor  # (B, T) bos, tokens, pad...
     targets: torch.Tensor  # (B, T) tokens, eos, pad...
     labels: Optional[torch.Tensor] = None  # (B,) label index, or None
+    tokens: int = -1  # target tokens (eos included); -1: count them from enc_mask
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(
@@ -225,11 +226,14 @@ class Batch:
             self.dec_in.to(device, non_blocking=True),
             self.targets.to(device, non_blocking=True),
             None if self.labels is None else self.labels.to(device, non_blocking=True),
+            self.tokens,
         )
 
     @property
     def n_tokens(self) -> int:
         """Target tokens (eos included), the unit of throughput."""
+        if self.tokens >= 0:
+            return self.tokens
         return int(self.enc_mask.sum()) - self.enc_ids.shape[0]
 
 
@@ -253,8 +257,13 @@ def collate(seqs: Sequence[Sequence[int]], tok: Tokenizer, labels: Optional[Sequ
     enc_mask = torch.zeros_like(enc, dtype=torch.bool)
     lengths = torch.tensor([len(s) + 2 for s in seqs])
     enc_mask = torch.arange(T + 1)[None, :] < lengths[:, None]
+    if getattr(tok, "encoder_tokenizer", None) is not None:
+        # A pretrained encoder reads the sentence through its own tokenizer (e.g. WordPiece in,
+        # BPE out): the decoder's ids are decoded back to text, so that the encoder sees exactly
+        # the sentence the decoder must rebuild (truncation included).
+        enc, enc_mask = tok.encoder_tokenizer.batch([tok.decode(s) for s in seqs])
     lab = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
-    return Batch(enc, enc_mask, dec_in, targets, lab)
+    return Batch(enc, enc_mask, dec_in, targets, lab, int(lengths.sum()) - B)
 
 
 class BucketBatcher:

@@ -37,18 +37,32 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 @torch.no_grad()
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
-           max_len: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Decoded:
-    """Decode latent codes z (B, L) into token ids with the key/value cache.
+           max_len: Optional[int] = None, generator: Optional[torch.Generator] = None,
+           use_cache: bool = True, no_repeat_ngram: int = 0) -> Decoded:
+    """Decode latent codes z (B, L) into token ids, all rows of the batch at once.
 
     Args:
         strategy: 'greedy', 'sample' (temperature, top_k, top_p apply) or 'beam'.
         max_len: most tokens to generate, eos included (default: the model's limit less bos).
         generator: random source for 'sample'.
+        use_cache: keep each layer's keys and values, so a step runs the decoder on the new
+            token only. False recomputes the whole prefix every step (the same tokens, slower:
+            the reference that ``scripts/benchmark_speed.py`` measures the cache against);
+            greedy and sample only.
+        no_repeat_ngram: n > 0 forbids any token n-gram from appearing twice in a row's output
+            (greedy and sample): a weak decoder's greedy output otherwise loops ("the sons of the
+            sons of ..."). 0 (default) decodes the model's distribution unchanged.
     """
+    if no_repeat_ngram < 0:
+        raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     limit = model.cfg.max_len - 1 if max_len is None else min(max_len, model.cfg.max_len - 1)
     if strategy == "beam":
+        if not use_cache:
+            raise ValueError("beam search always uses the key/value cache")
+        if no_repeat_ngram:
+            raise ValueError("no_repeat_ngram applies to greedy and sample decoding, not beam search")
         return _beam(model, z, bos_id, eos_id, beam_size, limit)
     B = z.shape[0]
     device = z.device
@@ -56,9 +70,15 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     cache = model.init_cache(z)
+    prefix = tokens
     for step in range(limit):
-        logits, cache = model.decode(tokens, z, cache, start=step)
+        if use_cache:
+            logits, cache = model.decode(tokens, z, cache, start=step)
+        else:
+            logits, _ = model.decode(prefix, z, last_only=True)
         logits = logits[:, -1].float()
+        if no_repeat_ngram:
+            logits = ban_repeated_ngrams(logits, out, no_repeat_ngram, eos_id)
         if strategy == "greedy":
             nxt = logits.argmax(-1)
         else:
@@ -70,7 +90,28 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         if bool(done.all()):
             break
         tokens = nxt[:, None]
+        if not use_cache:
+            prefix = torch.cat([prefix, tokens], dim=1)
     return _finish(out.tolist(), eos_id)
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, out: torch.Tensor, n: int, eos_id: int) -> torch.Tensor:
+    """Set to -inf the logits (B, V) of tokens that would complete an n-gram already present in
+    the row's output so far, out (B, t). eos is never banned, so a row can always end."""
+    if out.shape[1] < n - 1:
+        return logits
+    banned_rows, banned_tokens = [], []
+    for b, row in enumerate(out.tolist()):
+        key = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+        for i in range(len(row) - n + 1):
+            if tuple(row[i : i + n - 1]) == key and row[i + n - 1] != eos_id:
+                banned_rows.append(b)
+                banned_tokens.append(row[i + n - 1])
+    if not banned_rows:
+        return logits
+    logits = logits.clone()
+    logits[banned_rows, banned_tokens] = float("-inf")
+    return logits
 
 
 def _finish(rows: list[list[int]], eos_id: int) -> Decoded:
@@ -116,7 +157,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
         lengths = new_len.gather(1, top).view(-1)
         seqs = torch.cat([seqs[rows], tok.view(-1, 1)], dim=1)
         done = done[rows] | (tok.view(-1) == eos_id)
-        cache = [(k[rows], v[rows]) for k, v in cache]
+        cache = model.reorder_cache(cache, rows)  # keys/values (or a GRU state) of the surviving beams
         if bool(done.all()):
             break
         tokens = tok.view(-1, 1)

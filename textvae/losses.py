@@ -55,15 +55,17 @@ def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, log
 
 
 def word_dropout(dec_in: torch.Tensor, rate: float, unk_id: int, keep_ids: tuple[int, ...],
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, draw: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Replace decoder input tokens by unk with probability ``rate`` (Bowman et al. 2016).
 
     Weakening the decoder's view of the prefix makes it rely on z. Tokens in ``keep_ids``
-    (pad, bos, eos) are never replaced.
+    (pad, bos, eos) are never replaced. ``draw``: uniform numbers shaped like ``dec_in``
+    (drawn here unless given).
     """
     if rate <= 0:
         return dec_in
-    draw = torch.rand(dec_in.shape, generator=generator, device=dec_in.device)
+    if draw is None:
+        draw = torch.rand(dec_in.shape, generator=generator, device=dec_in.device)
     drop = draw < rate
     for t in keep_ids:
         drop &= dec_in != t

@@ -10,13 +10,19 @@ Shapes: B batch, S encoder length, T decoder length, D d_model, H heads, L laten
 z enters the decoder two ways, as in Optimus (Li et al. 2020): as a "memory" slot
 that every layer's self-attention can attend to, and/or added to every input
 embedding. The model returns tensors only; losses and schedules live elsewhere.
+
+Other parts (model.encoder.type, model.decoder.type; classes at the end of the file):
+a pretrained transformers encoder (PretrainedEncoder, reading its own tokenizer's ids)
+instead of the transformer encoder; a GRU decoder (GRUDecoder, Bowman et al. 2016) or a
+pretrained causal LM with the same two z injections (PretrainedDecoder) instead of the
+transformer decoder. Every decoder keeps the interface init_cache / decode / reorder_cache.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -104,38 +110,87 @@ class Block(nn.Module):
 class SentenceVAE(nn.Module):
     """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode_step`` serve generation."""
 
-    def __init__(self, cfg: ModelConfig, pad_id: int = 0):
+    def __init__(self, cfg: ModelConfig, pad_id: int = 0, pretrained_configs: Optional[dict] = None):
+        """Args:
+            cfg: the architecture; ``cfg.encoder.type`` / ``cfg.decoder.type`` pick the parts.
+            pad_id: the decoder tokenizer's pad id.
+            pretrained_configs: the ``transformers`` configs of pretrained parts, as a checkpoint
+                stores them ({'encoder': {...}, 'decoder': {...}}): the parts are rebuilt from them
+                (weights to be loaded afterwards) instead of being loaded from ``name_or_path``.
+        """
         super().__init__()
         if cfg.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size must be set (take it from the tokenizer)")
         self.cfg = cfg
         self.pad_id = pad_id
         D, L = cfg.d_model, cfg.latent_dim
+        self.is_lm = L == 0  # latent_dim 0: a plain language model, the baseline
+        self.enc_type = None if self.is_lm else cfg.encoder.type
+        self.dec_type = cfg.decoder.type
+        hf_encoder = hf_decoder = None  # pretrained parts keep their own weights and init
+        if self.enc_type == "pretrained":
+            hf_encoder = _pretrained_part("encoder", cfg.encoder.name_or_path, pretrained_configs)
+        if self.dec_type == "pretrained":
+            hf_decoder = _pretrained_part("decoder", cfg.decoder.name_or_path, pretrained_configs)
         # One token embedding serves the encoder input, the decoder input and the output
         # layer (tied weights); positions are learned, separately for encoder and decoder.
-        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
-        self.enc_pos = nn.Embedding(cfg.max_len, D) if L > 0 else None
-        self.dec_pos = nn.Embedding(cfg.max_len, D)
+        # A pretrained decoder brings its own embeddings; the from-scratch encoder then still
+        # reads the decoder's token ids through tok_emb.
+        if self.dec_type != "pretrained" or self.enc_type == "transformer":
+            self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        self.enc_pos = nn.Embedding(cfg.max_len, D) if self.enc_type == "transformer" else None
+        self.dec_pos = nn.Embedding(cfg.max_len, D) if self.dec_type == "transformer" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.is_lm = L == 0  # latent_dim 0: a plain language model, the baseline
-        if not self.is_lm:
+        if self.enc_type == "transformer":
             self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
             self.enc_ln = nn.LayerNorm(D)
             self.to_posterior = nn.Linear(D, 2 * L)  # -> (mu, logvar)
-        self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
-        self.dec_ln = nn.LayerNorm(D)
+        elif self.enc_type == "pretrained":
+            self.pretrained_encoder = PretrainedEncoder(hf_encoder, cfg.encoder.freeze)
+            self.to_posterior = nn.Linear(self.pretrained_encoder.hidden_size, 2 * L)
         self.use_memory = not self.is_lm and cfg.z_injection in ("memory", "both")
         self.use_embedding = not self.is_lm and cfg.z_injection in ("embedding", "both")
-        if self.use_memory:
-            # Optimus' "memory" scheme: z becomes one extra key and value per layer.
-            self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers)
-        if self.use_embedding:
-            # Optimus' "embedding" scheme: z is added to every decoder input embedding.
-            self.z_to_embedding = nn.Linear(L, D)
-        self.apply(self._init_weights)
+        if self.dec_type == "transformer":
+            self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
+            self.dec_ln = nn.LayerNorm(D)
+            if self.use_memory:
+                # Optimus' "memory" scheme: z becomes one extra key and value per layer.
+                self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers)
+            if self.use_embedding:
+                # Optimus' "embedding" scheme: z is added to every decoder input embedding.
+                self.z_to_embedding = nn.Linear(L, D)
+        elif self.dec_type == "gru":
+            self.gru = GRUDecoder(D, L, cfg.dec_layers, cfg.dropout)
+        else:
+            self.pretrained_decoder = PretrainedDecoder(hf_decoder, cfg.vocab_size, L, self.use_memory, self.use_embedding)
+            limit = self.pretrained_decoder.max_positions
+            if limit and cfg.max_len > limit:
+                from textvae.errors import ConfigError
+
+                raise ConfigError(f"model.max_len={cfg.max_len} is longer than the pretrained decoder's {limit} positions")
+        # Initialise textvae's own layers only; pretrained weights stay as loaded.
+        keep = {id(m) for part in (hf_encoder, hf_decoder) if part is not None for m in part.modules()}
+        self.apply(lambda m: None if id(m) in keep else self._init_weights(m))
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight") and ".hf." not in name:  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(cfg.enc_layers, cfg.dec_layers)))
+        if not self.is_lm:
+            # A narrow initial posterior: with sigma = 1 the first z are noise next to mu (~0.1), the
+            # decoder learns to ignore z within a few hundred steps and never recovers (posterior
+            # collapse by initialisation); with sigma ~ 0.05 z follows mu and the decoder reads it.
+            with torch.no_grad():
+                self.to_posterior.bias[L:].fill_(cfg.init_logvar)
+
+    def pretrained_configs(self) -> dict:
+        """The ``transformers`` configs of the pretrained parts (what a checkpoint stores to rebuild them)."""
+        from textvae.pretrained import config_dict
+
+        out = {}
+        if self.enc_type == "pretrained":
+            out["encoder"] = config_dict(self.pretrained_encoder.hf)
+        if self.dec_type == "pretrained":
+            out["decoder"] = config_dict(self.pretrained_decoder.hf)
+        return out
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -152,18 +207,22 @@ class SentenceVAE(nn.Module):
         """enc_ids, enc_mask (B, S) -> mu, logvar (B, L)."""
         B, S = enc_ids.shape
         if self.is_lm:
-            empty = self.tok_emb.weight.new_zeros(B, 0)
+            empty = torch.zeros(B, 0, device=enc_ids.device)
             return empty, empty
-        if S > self.cfg.max_len:
-            raise ValueError(f"sequence of {S} tokens is longer than model.max_len={self.cfg.max_len}")
-        pos = torch.arange(S, device=enc_ids.device)
-        x = self.drop(self.tok_emb(enc_ids) + self.enc_pos(pos))  # (B, S, D)
-        attn_mask = enc_mask[:, None, None, :]  # (B, 1, 1, S): ignore padding keys
-        for block in self.encoder:
-            x, _ = block(x, mask=attn_mask)
-        x = self.enc_ln(x)
+        if self.enc_type == "pretrained":
+            # enc_ids come from the encoder's own tokenizer (textvae/data.py: collate)
+            x = self.pretrained_encoder(enc_ids, enc_mask)  # (B, S, H)
+        else:
+            if S > self.cfg.max_len:
+                raise ValueError(f"sequence of {S} tokens is longer than model.max_len={self.cfg.max_len}")
+            pos = torch.arange(S, device=enc_ids.device)
+            x = self.drop(self.tok_emb(enc_ids) + self.enc_pos(pos))  # (B, S, D)
+            attn_mask = enc_mask[:, None, None, :]  # (B, 1, 1, S): ignore padding keys
+            for block in self.encoder:
+                x, _ = block(x, mask=attn_mask)
+            x = self.enc_ln(x)
         if self.cfg.pooling == "cls":
-            h = x[:, 0]  # the bos position acts as CLS
+            h = x[:, 0]  # the bos position (or a pretrained encoder's [CLS]) acts as CLS
         else:
             m = enc_mask.unsqueeze(-1).to(x.dtype)
             h = (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, D)
@@ -171,15 +230,23 @@ class SentenceVAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """z = mu + sigma * eps (Kingma & Welling 2014), eps ~ N(0, I)."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None,
+                       eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z = mu + sigma * eps (Kingma & Welling 2014), eps ~ N(0, I) (drawn here unless given, (B, L))."""
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     # ------------------------------------------------------------------ decoder
 
-    def init_cache(self, z: torch.Tensor) -> KVCache:
-        """The z memory slot of every layer as the start of a key/value cache: (B, H, M, Dh), M = 0 or 1."""
+    def init_cache(self, z: torch.Tensor) -> Any:
+        """The decoder's state before the first token. Transformer: the z memory slot of every layer
+        as the start of a key/value cache, (B, H, M, Dh), M = 0 or 1; GRU: the initial hidden
+        state; pretrained: a ``transformers`` cache holding the z memory."""
+        if self.dec_type == "gru":
+            return self.gru.init_state(z)
+        if self.dec_type == "pretrained":
+            return self.pretrained_decoder.init_cache(z)
         B = z.shape[0]
         D, H = self.cfg.d_model, self.cfg.n_heads
         if not self.use_memory:
@@ -189,7 +256,7 @@ class SentenceVAE(nn.Module):
         return [(mem[:, i, 0], mem[:, i, 1]) for i in range(len(self.decoder))]
 
     def decode(self, dec_in: torch.Tensor, z: torch.Tensor, cache: Optional[KVCache] = None,
-               start: int = 0) -> tuple[torch.Tensor, KVCache]:
+               start: int = 0, last_only: bool = False) -> tuple[torch.Tensor, KVCache]:
         """Decoder logits for tokens at positions start..start+T-1.
 
         Args:
@@ -198,6 +265,7 @@ class SentenceVAE(nn.Module):
             cache: keys/values of the z memory and earlier tokens (from :meth:`init_cache` or
                 an earlier call); None starts afresh.
             start: position of dec_in[:, 0] (the number of tokens already in the cache).
+            last_only: project only the last position to the vocabulary (logits (B, 1, V)).
         Returns:
             logits (B, T, V) and the extended cache.
         """
@@ -206,6 +274,11 @@ class SentenceVAE(nn.Module):
             raise ValueError(f"decoding past model.max_len={self.cfg.max_len}")
         if cache is None:
             cache = self.init_cache(z)
+        if self.dec_type == "gru":
+            h, cache = self.gru(self.drop(self.tok_emb(dec_in)), z, cache)  # (B, T, D)
+            return F.linear(h[:, -1:] if last_only else h, self.tok_emb.weight), cache  # tied output embedding
+        if self.dec_type == "pretrained":
+            return self.pretrained_decoder(dec_in, z, cache, start, last_only)
         pos = torch.arange(start, start + T, device=dec_in.device)
         x = self.tok_emb(dec_in) + self.dec_pos(pos)  # (B, T, D)
         if self.use_embedding:
@@ -223,21 +296,181 @@ class SentenceVAE(nn.Module):
             prefix = layer_cache if P > 0 else None
             x, kv = block(x, mask=mask, causal=mask is None and T > 1, prefix=prefix)
             new_cache.append(kv)
-        x = self.dec_ln(x)
+        x = self.dec_ln(x[:, -1:] if last_only else x)
         return F.linear(x, self.tok_emb.weight), new_cache  # tied output embedding
+
+    def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        """The decoder state of rows ``rows`` (beam search keeps the surviving hypotheses)."""
+        if self.dec_type == "gru":
+            return cache[:, rows]  # (layers, B, D)
+        if self.dec_type == "pretrained":
+            cache.reorder_cache(rows)
+            return cache
+        return [(k[rows], v[rows]) for k, v in cache]
 
     # ------------------------------------------------------------------ training
 
     def forward(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor, dec_in: torch.Tensor,
-                generator: Optional[torch.Generator] = None, sample: bool = True) -> VAEOutput:
+                generator: Optional[torch.Generator] = None, sample: bool = True,
+                eps: Optional[torch.Tensor] = None) -> VAEOutput:
         """enc_ids, enc_mask (B, S); dec_in (B, T) -> logits (B, T, V) with mu, logvar, z (B, L).
 
-        ``sample=False`` decodes from the posterior mean instead of a sample.
+        ``sample=False`` decodes from the posterior mean instead of a sample; ``eps`` (B, L)
+        gives the reparameterisation noise (the training loop draws it for the global batch,
+        so that DDP ranks use the noise one process would).
         """
         mu, logvar = self.encode(enc_ids, enc_mask)
-        z = self.reparameterize(mu, logvar, generator) if sample else mu
+        z = self.reparameterize(mu, logvar, generator, eps) if sample else mu
         logits, _ = self.decode(dec_in, z)
         return VAEOutput(logits, mu, logvar, z)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------- other decoders and encoders
+# Chosen by model.encoder.type / model.decoder.type; SentenceVAE switches on them in __init__,
+# encode, init_cache, decode and reorder_cache. Each keeps the decoder interface above:
+# init_cache(z) -> state, decode(tokens, z, state, start) -> logits, new state.
+
+
+class GRUDecoder(nn.Module):
+    """The recurrent decoder of the classic sentence VAE (Bowman et al. 2016).
+
+    z sets the initial hidden state of every layer (Bowman et al. 2016) and is also concatenated
+    to every input embedding, so that it cannot fade over a long sentence (as in Yang et al. 2017
+    and He et al. 2019). The hidden state is the decoding cache: (layers, B, D).
+    """
+
+    def __init__(self, d_model: int, latent_dim: int, layers: int, dropout: float):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.layers = layers
+        self.d_model = d_model
+        if latent_dim > 0:
+            self.z_to_hidden = nn.Linear(latent_dim, layers * d_model)
+        self.rnn = nn.GRU(d_model + latent_dim, d_model, num_layers=layers, batch_first=True,
+                          dropout=dropout if layers > 1 else 0.0)
+        self.ln = nn.LayerNorm(d_model)
+
+    def init_state(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L) -> initial hidden state (layers, B, D); zeros for a language model (L = 0)."""
+        B = z.shape[0]
+        if self.latent_dim == 0:
+            return z.new_zeros(self.layers, B, self.d_model)
+        h = torch.tanh(self.z_to_hidden(z))  # (B, layers * D), in the GRU's (-1, 1) range
+        return h.view(B, self.layers, self.d_model).transpose(0, 1).contiguous()
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D) input embeddings, z (B, L), state (layers, B, D) -> outputs (B, T, D), new state."""
+        if self.latent_dim > 0:
+            x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
+        out, state = self.rnn(x, state.to(x.dtype))
+        return self.ln(out), state
+
+
+class PretrainedEncoder(nn.Module):
+    """A pretrained ``transformers`` encoder (e.g. a BERT-family model) whose token states feed the
+    posterior head. It reads ids from its own tokenizer. Frozen: no gradients and no dropout."""
+
+    def __init__(self, hf: nn.Module, freeze: bool):
+        super().__init__()
+        self.hf = hf
+        self.freeze = freeze
+        if freeze:
+            hf.requires_grad_(False)
+            hf.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    def train(self, mode: bool = True) -> "PretrainedEncoder":
+        super().train(mode)
+        if self.freeze:
+            self.hf.eval()  # a frozen encoder always gives the same states for a sentence
+        return self
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask (B, S) -> last hidden states (B, S, H)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return self.hf(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+class PretrainedDecoder(nn.Module):
+    """A pretrained causal LM (``transformers.AutoModelForCausalLM``) conditioned on z as in
+    Optimus (Li et al. 2020): z becomes one extra key/value slot at every layer ("memory"),
+    passed to the model as a past key/value cache that every token attends to, and/or is added
+    to every input embedding ("embedding"). Positions count tokens only, not the memory slot.
+    """
+
+    def __init__(self, hf: nn.Module, vocab_size: int, latent_dim: int, use_memory: bool, use_embedding: bool):
+        super().__init__()
+        from textvae.errors import ConfigError
+        from textvae.pretrained import cache_argument
+
+        rows = hf.get_input_embeddings().weight.shape[0]
+        # The tokenizer may add up to four special tokens (pad, bos, eos, unk) that the model lacks;
+        # a model may also pad its embedding table (to a multiple of 64 or 128). Anything else
+        # means the tokenizer belongs to another model.
+        if not rows - 128 < vocab_size <= rows + 4:
+            raise ConfigError(f"the tokenizer has {vocab_size} tokens but the pretrained decoder's embedding has {rows} "
+                              f"rows; use the decoder's own tokenizer (tokenizer.path = the decoder's folder)")
+        if vocab_size != rows:
+            hf.resize_token_embeddings(vocab_size)
+        self.hf = hf
+        c = hf.config
+        self.n_layers = int(c.num_hidden_layers)
+        n_heads = int(c.num_attention_heads)
+        self.kv_heads = int(getattr(c, "num_key_value_heads", None) or n_heads)
+        self.head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+        self.use_memory, self.use_embedding = use_memory, use_embedding
+        if use_memory:
+            # Optimus' "memory" scheme: z -> one key and one value per layer (and key/value head)
+            self.z_to_memory = nn.Linear(latent_dim, 2 * self.n_layers * self.kv_heads * self.head_dim)
+        if use_embedding:
+            # Optimus' "embedding" scheme: z -> a vector added to every input embedding
+            self.z_to_embedding = nn.Linear(latent_dim, int(c.hidden_size))
+        self.max_positions = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+        self._cache_arg = cache_argument(hf)
+
+    def init_cache(self, z: torch.Tensor):
+        from textvae.pretrained import new_cache
+
+        cache = new_cache(self.hf.config)
+        if self.use_memory:
+            B = z.shape[0]
+            mem = self.z_to_memory(z).view(B, self.n_layers, 2, self.kv_heads, 1, self.head_dim)
+            for i in range(self.n_layers):
+                cache.update(mem[:, i, 0], mem[:, i, 1], i)
+        return cache
+
+    def forward(self, dec_in: torch.Tensor, z: torch.Tensor, cache, start: int, last_only: bool = False):
+        """dec_in (B, T) at positions start..start+T-1 -> logits (B, T or 1, V) and the extended cache."""
+        B, T = dec_in.shape
+        from textvae.pretrained import returned_cache
+
+        x = self.hf.get_input_embeddings()(dec_in)  # (B, T, H)
+        if self.use_embedding:
+            x = x + self.z_to_embedding(z).to(x.dtype).unsqueeze(1)
+        memory = 1 if self.use_memory else 0
+        attention = torch.ones(B, memory + start + T, dtype=torch.long, device=dec_in.device)
+        positions = torch.arange(start, start + T, device=dec_in.device).expand(B, T)
+        out = self.hf(inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=True,
+                      **{self._cache_arg: cache})
+        logits = out.logits[:, -1:] if last_only else out.logits
+        return logits, returned_cache(out)
+
+
+def _pretrained_part(kind: str, name_or_path: Optional[str], saved: Optional[dict]) -> nn.Module:
+    """The ``transformers`` module of a pretrained encoder or decoder: rebuilt from a checkpoint's
+    saved config when there is one, else loaded with its weights from ``name_or_path``."""
+    from textvae import pretrained
+
+    if saved is not None:
+        if kind not in saved:
+            raise ValueError(f"the checkpoint has no saved config for its pretrained {kind}")
+        return pretrained.from_config(kind, saved[kind])
+    if kind == "encoder":
+        return pretrained.load_encoder(str(name_or_path))
+    return pretrained.load_causal_lm(str(name_or_path))

@@ -368,8 +368,8 @@ def score_transfer(outputs: Sequence[str], sources: Sequence[str], target: str, 
 def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[str], source: str, target: str,
                       refs: Optional[Sequence[str]] = None, method: Optional[str] = None, alpha: Optional[float] = None,
                       sweep: Sequence[float] = (), methods: Sequence[str] = (), seed: int = 0,
-                      strategy: str = "greedy", candidates: Optional[int] = None, judge: str = "latent"
-                      ) -> dict[str, Any]:
+                      strategy: str = "greedy", candidates: Optional[int] = None, judge: str = "latent",
+                      no_repeat_ngram: int = 0) -> dict[str, Any]:
     """Transfer ``sources`` and score them against the copy baseline (and the references).
 
     Args:
@@ -381,6 +381,7 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
         sweep: strengths to also report, for each of ``methods`` (default: ``method``); a method
             'search:classifier' or 'search:latent' names the judge too.
         judge: how 'search' accepts a candidate (see :meth:`TextVAE.transfer`).
+        no_repeat_ngram: decoding option of :func:`textvae.generate.decode` (0: off).
     Returns:
         {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
         "gm_ref", "mean_alpha"}...], "examples": [...], "signature": sacrebleu's, ...}
@@ -409,7 +410,8 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
     def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
         name, _, how = m.partition(":")  # 'search:classifier' picks the judge of the search
         out = vae.transfer_detailed(sources, source, target, a, name, strategy=strategy, seed=seed,
-                                    candidates=candidates, judge=how or judge)
+                                    candidates=candidates, judge=how or judge,
+                                    **({"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}))
         row = {"system": system, "method": m, "alpha": a, **score_transfer(out.texts, sources, target, clf, refs),
                "mean_alpha": float(out.alphas.mean())}
         return row, out.texts

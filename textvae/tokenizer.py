@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
+
+import torch
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
@@ -45,6 +47,8 @@ class Tokenizer:
             ids[role] = idx
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = ids["pad"], ids["bos"], ids["eos"], ids["unk"]
         self._control = {self.pad_id, self.bos_id, self.eos_id}
+        # A pretrained encoder reads sentences through its own tokenizer (textvae/data.py: collate).
+        self.encoder_tokenizer: Optional[EncoderTokenizer] = None
 
     @property
     def vocab_size(self) -> int:
@@ -96,6 +100,53 @@ class Tokenizer:
         except Exception as e:  # the Rust library raises plain Exceptions for bad JSON
             raise CheckpointError(f"tokenizer file {path} is damaged: {str(e).splitlines()[0][:200]}") from None
         return cls(backend, specials)
+
+
+class EncoderTokenizer:
+    """The tokenizer of a pretrained encoder (e.g. BERT's WordPiece), used for encoder inputs only.
+
+    It adds the encoder's own special tokens ([CLS] ... [SEP]) and truncates to the encoder's
+    position limit; ``batch`` pads a list of sentences into (ids, mask) tensors.
+    """
+
+    def __init__(self, backend: HFTokenizer, pad_id: int, max_length: int):
+        self.backend = backend
+        self.backend.no_padding()
+        self.backend.enable_truncation(max_length)
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def info(self) -> dict[str, int]:
+        """What config.json records next to ``encoder_tokenizer.json``."""
+        return {"pad_id": self.pad_id, "max_length": self.max_length, "vocab_size": self.vocab_size}
+
+    def batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentences -> ids (B, S) long and mask (B, S) bool (True on real tokens), right-padded."""
+        rows = [e.ids for e in self.backend.encode_batch(list(texts))]
+        S = max(len(r) for r in rows)
+        ids = torch.full((len(rows), S), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask = torch.arange(S)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+        return ids, mask
+
+    def to_json(self) -> str:
+        return self.backend.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, info: dict) -> "EncoderTokenizer":
+        try:
+            backend = HFTokenizer.from_str(text)
+            return cls(backend, int(info["pad_id"]), int(info["max_length"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"encoder tokenizer settings are damaged: {e}") from None
+        except Exception as e:  # the Rust library raises plain Exceptions for bad JSON
+            raise CheckpointError(f"encoder tokenizer is damaged: {str(e).splitlines()[0][:200]}") from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

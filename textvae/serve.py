@@ -1,0 +1,408 @@
+"""A local web demo of a trained model: sample from the prior, interpolate between two typed
+sentences with a slider over the path, transfer a typed sentence between labels.
+
+Standard library only (``http.server.ThreadingHTTPServer``); the page is one HTML document with
+its CSS and JavaScript inline, so it works with no internet. Every action is also a JSON
+endpoint:
+
+    GET  /                  the page
+    GET  /api/info          checkpoint, latent size, labels, input limits
+    POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0}          -> {"sentences": [...]}
+    POST /api/interpolate   {"a": "...", "b": "...", "steps": 9, "method": "slerp"}
+                                                                             -> {"path": [{"t", "text"}...]}
+    POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 8, "method": "mean-diff"}
+                                                                             -> {"output": "...", "alpha": 8}
+
+Bad input (malformed JSON, a missing or empty sentence, one over :data:`MAX_CHARS` characters,
+an unknown label, numbers out of range) gets status 400 and ``{"error": "one line"}``; the
+server keeps serving. Model calls are serialised by a lock (one CPU-bound request at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from textvae.errors import InputError, TextVAEError
+
+log = logging.getLogger("textvae")
+
+MAX_CHARS = 500
+"""Longest sentence (characters, after whitespace is collapsed) the demo accepts."""
+MAX_BODY = 16_384
+"""Largest request body in bytes; larger requests get 413 without being read."""
+MAX_SAMPLES = 20
+MAX_STEPS = 21
+MAX_ALPHA = 50.0
+
+
+class DemoError(InputError):
+    """Bad input to an endpoint: answered with this status and a one-line message."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = int(status)
+
+
+# --------------------------------------------------------------------------- the actions
+
+
+class Demo:
+    """The endpoints' logic on a loaded :class:`textvae.api.TextVAE`, independent of HTTP."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.lock = threading.Lock()
+        self.labels = list(vae.attributes.labels) if vae.attributes is not None else []
+
+    def info(self) -> dict[str, Any]:
+        from textvae.api import DEFAULT_ALPHA, DEFAULT_TRANSFER
+
+        return {"checkpoint": str(self.vae.path), "latent_dim": self.vae.latent_dim, "labels": self.labels,
+                "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
+                "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": DEFAULT_TRANSFER,
+                "default_alpha": DEFAULT_ALPHA[DEFAULT_TRANSFER]}
+
+    def sample(self, body: dict[str, Any]) -> dict[str, Any]:
+        n = _int(body, "n", 5, 1, MAX_SAMPLES)
+        seed = _int(body, "seed", 0, 0, 2**31 - 1)
+        temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
+        with self.lock:
+            texts = self.vae.sample(n, seed=seed, temperature=temperature)
+        return {"sentences": texts, "seed": seed}
+
+    def interpolate(self, body: dict[str, Any]) -> dict[str, Any]:
+        a, b = _sentence(body, "a"), _sentence(body, "b")
+        steps = _int(body, "steps", 9, 2, MAX_STEPS)
+        method = _choice(body, "method", "slerp", ("lerp", "slerp"))
+        with self.lock:
+            texts = self.vae.interpolate(a, b, steps=steps, method=method)
+        return {"path": [{"t": i / (steps - 1), "text": t} for i, t in enumerate(texts)], "method": method}
+
+    def transfer(self, body: dict[str, Any]) -> dict[str, Any]:
+        from textvae.api import DEFAULT_ALPHA
+
+        if not self.labels:
+            raise DemoError("this checkpoint has no attribute vectors, so it cannot transfer "
+                            "(compute them with `textvae attributes`)")
+        text = _sentence(body, "text")
+        source = _choice(body, "source", None, self.labels, what="label")
+        target = _choice(body, "target", None, self.labels, what="label")
+        if source == target:
+            raise DemoError(f"source and target are the same label ({source!r})")
+        method = _choice(body, "method", "mean-diff", ("mean-diff", "project"))
+        alpha = _number(body, "alpha", DEFAULT_ALPHA[method], -MAX_ALPHA, MAX_ALPHA)
+        with self.lock:
+            out = self.vae.transfer([text], source, target, alpha=alpha, method=method)[0]
+        return {"output": out, "source": source, "target": target, "alpha": alpha, "method": method}
+
+
+def _field(body: dict[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key, default)
+    if value is None:
+        raise DemoError(f"'{key}' is required")
+    return value
+
+
+def _sentence(body: dict[str, Any], key: str) -> str:
+    from textvae.data import normalise_text
+
+    value = _field(body, key, None)
+    if not isinstance(value, str):
+        raise DemoError(f"'{key}' must be a string")
+    text = normalise_text(value)
+    if not text:
+        raise DemoError(f"'{key}' is empty: type a sentence")
+    if len(text) > MAX_CHARS:
+        raise DemoError(f"'{key}' is too long ({len(text)} characters; at most {MAX_CHARS})")
+    return text
+
+
+def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = _field(body, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise DemoError(f"'{key}' must be an integer")
+    if not lo <= value <= hi:
+        raise DemoError(f"'{key}' must be between {lo} and {hi}, got {int(value)}")
+    return int(value)
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = _field(body, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DemoError(f"'{key}' must be a finite number")
+    if not lo <= value <= hi:
+        raise DemoError(f"'{key}' must be between {lo:g} and {hi:g}, got {value:g}")
+    return float(value)
+
+
+def _choice(body: dict[str, Any], key: str, default: Optional[str], allowed: Any, what: str = "value") -> str:
+    value = _field(body, key, default)
+    if not isinstance(value, str) or value not in allowed:
+        shown = value if isinstance(value, str) else json.dumps(value)
+        raise DemoError(f"unknown {what} {shown[:40]!r} for '{key}'; use one of {', '.join(allowed)}")
+    return value
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def make_handler(demo: Demo) -> type[BaseHTTPRequestHandler]:
+    routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        "/api/sample": demo.sample, "/api/interpolate": demo.interpolate, "/api/transfer": demo.transfer}
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "textvae"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # through logging, not raw stderr
+            log.debug("%s %s", self.address_string(), fmt % args)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            # Nothing may load from elsewhere: the page is self-contained by design.
+            self.send_header("Content-Security-Policy",
+                             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                             "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, status: int, obj: dict[str, Any]) -> None:
+            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(status, {"error": message})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path in ("/", "/index.html"):
+                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+            elif path == "/api/info":
+                self._json(200, demo.info())
+            elif path in routes:
+                self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"use POST with a JSON body for {path}")
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}")
+
+        do_HEAD = do_GET
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            action = routes.get(path)
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                return self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+            if length < 0 or length > MAX_BODY:
+                # Drain a moderately large body so the client reads the answer instead of a reset;
+                # then drop the connection either way.
+                self.close_connection = True
+                if 0 < length <= 64 * MAX_BODY:
+                    self.rfile.read(length)
+                return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                   f"request body too large ({length} bytes; at most {MAX_BODY})")
+            raw = self.rfile.read(length)
+            if action is None:
+                return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:100]}")
+            try:
+                body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {str(e)[:120]}")
+            if not isinstance(body, dict):
+                return self._error(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
+            try:
+                result = action(body)
+            except DemoError as e:
+                return self._error(e.status, str(e))
+            except TextVAEError as e:  # e.g. an unknown label caught deeper down
+                return self._error(HTTPStatus.BAD_REQUEST, str(e).splitlines()[0])
+            except Exception as e:  # noqa: BLE001 - a bug must not take the server down
+                log.exception("error in %s", path)
+                return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__})")
+            self._json(200, result)
+
+    return Handler
+
+
+def make_server(vae, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """A server for ``vae`` bound to host:port (port 0: a free port; see ``server.server_address``)."""
+    try:
+        server = ThreadingHTTPServer((host, port), make_handler(Demo(vae)))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    return server
+
+
+def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          ready: Optional[Callable[[str], None]] = None) -> None:
+    """Load a checkpoint and serve the demo until interrupted."""
+    from textvae.api import TextVAE
+
+    vae = TextVAE.from_pretrained(checkpoint, device=device)
+    if vae.model.is_lm:
+        raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space to demo")
+    server = make_server(vae, host, port)
+    h, p = server.server_address[:2]
+    url = f"http://{'[' + h + ']' if ':' in str(h) else h}:{p}/"
+    if ready:
+        ready(url)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- the page
+
+PAGE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>textvae demo</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:960px;margin:1.5em auto;padding:0 1em;color:#222;background:#fafafa}
+h1{font-size:1.5em;margin-bottom:.2em}.sub{color:#666;margin-top:0}
+section{background:#fff;border:1px solid #ddd;border-radius:8px;padding:1em 1.2em;margin:1em 0}
+h2{font-size:1.15em;margin:0 0 .6em}
+input[type=text],textarea,select{font:inherit;padding:.35em;border:1px solid #bbb;border-radius:4px;box-sizing:border-box}
+input[type=text],textarea{width:100%}textarea{height:3.2em;resize:vertical}
+button{font:inherit;padding:.35em 1em;border-radius:4px;border:1px solid #2a6;background:#2a6;color:#fff;cursor:pointer}
+button:disabled{opacity:.5;cursor:wait}
+label{display:block;margin:.4em 0 .2em;font-size:.9em;color:#444}
+.row{display:flex;gap:.8em;align-items:center;flex-wrap:wrap}
+input[type=range]{flex:1;min-width:200px}
+.shown{font-size:1.15em;background:#eef7f0;border-left:4px solid #2a6;padding:.5em .8em;margin:.6em 0;min-height:1.4em}
+ol.path li.on{font-weight:bold;color:#174}
+.error{color:#b00;margin:.4em 0;min-height:1em;white-space:pre-wrap}
+.muted{color:#777;font-size:.9em}
+</style></head>
+<body>
+<h1>textvae demo</h1>
+<p class="sub" id="info">loading model information…</p>
+
+<section id="sample-panel">
+<h2>Sample from the prior</h2>
+<div class="row"><span>sentences</span><input id="sample-n" type="number" min="1" max="20" value="5" style="width:5em">
+<span>seed</span><input id="sample-seed" type="number" min="0" value="0" style="width:6em">
+<button id="sample-go">Sample</button></div>
+<div class="error" id="sample-error"></div>
+<ol id="samples"></ol>
+</section>
+
+<section id="interp-panel">
+<h2>Interpolate between two sentences</h2>
+<label for="interp-a">sentence A</label><input id="interp-a" type="text" maxlength="2000">
+<label for="interp-b">sentence B</label><input id="interp-b" type="text" maxlength="2000">
+<div class="row" style="margin-top:.6em"><span>points</span><input id="interp-steps" type="number" min="2" max="21" value="9" style="width:5em">
+<select id="interp-method"><option value="slerp">slerp</option><option value="lerp">lerp</option></select>
+<button id="interp-go">Interpolate</button></div>
+<div class="error" id="interp-error"></div>
+<div class="row"><span>A</span><input id="interp-slider" type="range" min="0" max="0" value="0" disabled><span>B</span>
+<span class="muted" id="interp-t"></span></div>
+<div class="shown" id="interp-current"></div>
+<ol class="path" id="interp-list" start="0"></ol>
+</section>
+
+<section id="transfer-panel">
+<h2>Transfer between labels</h2>
+<label for="transfer-text">sentence</label><textarea id="transfer-text" maxlength="2000"></textarea>
+<div class="row" style="margin-top:.6em"><span>from</span><select id="transfer-source"></select>
+<span>to</span><select id="transfer-target"></select><button id="transfer-go">Transfer</button></div>
+<div class="row"><span>alpha</span><input id="transfer-alpha" type="range" min="0" max="16" step="0.5" value="8">
+<span id="transfer-alpha-value"></span></div>
+<div class="error" id="transfer-error"></div>
+<div class="shown" id="transfer-output"></div>
+</section>
+
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let path = [];
+
+async function call(url, body, errBox, button) {
+  errBox.textContent = "";
+  if (button) button.disabled = true;
+  try {
+    const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    let data;
+    try { data = await r.json(); } catch (e) { throw new Error("the server answered " + r.status + " without JSON"); }
+    if (!r.ok) throw new Error(data.error || ("error " + r.status));
+    return data;
+  } catch (e) {
+    errBox.textContent = "Error: " + e.message;
+    return null;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+function fill(list, items) {
+  list.replaceChildren(...items.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+}
+
+async function init() {
+  try {
+    const info = await (await fetch("/api/info")).json();
+    $("info").textContent = "checkpoint " + info.checkpoint + " · step " + info.step + " · latent size " + info.latent_dim +
+      " · labels: " + (info.labels.length ? info.labels.join(", ") : "none");
+    for (const sel of [$("transfer-source"), $("transfer-target")]) {
+      sel.replaceChildren(...info.labels.map((l) => { const o = document.createElement("option"); o.value = o.textContent = l; return o; }));
+    }
+    if (info.labels.length > 1) $("transfer-target").value = info.labels[1];
+    else { $("transfer-go").disabled = true; $("transfer-error").textContent = "This checkpoint has no attribute vectors: transfer is unavailable."; }
+    $("transfer-alpha").max = Math.min(info.max_alpha, Math.max(16, 2 * info.default_alpha));
+    $("transfer-alpha").value = info.default_alpha;
+  } catch (e) { $("info").textContent = "Error: cannot reach the server (" + e.message + ")"; }
+  $("transfer-alpha-value").textContent = $("transfer-alpha").value;
+}
+
+$("sample-go").addEventListener("click", async () => {
+  const data = await call("/api/sample", {n: Number($("sample-n").value), seed: Number($("sample-seed").value)}, $("sample-error"), $("sample-go"));
+  if (data) fill($("samples"), data.sentences);
+});
+
+function showStep() {
+  const i = Number($("interp-slider").value);
+  if (!path.length) return;
+  $("interp-current").textContent = path[i].text;
+  $("interp-t").textContent = "t = " + path[i].t.toFixed(2);
+  [...$("interp-list").children].forEach((li, j) => li.classList.toggle("on", j === i));
+}
+
+$("interp-go").addEventListener("click", async () => {
+  const data = await call("/api/interpolate", {a: $("interp-a").value, b: $("interp-b").value,
+    steps: Number($("interp-steps").value), method: $("interp-method").value}, $("interp-error"), $("interp-go"));
+  if (!data) return;
+  path = data.path;
+  fill($("interp-list"), path.map((p) => p.text));
+  const s = $("interp-slider");
+  s.max = path.length - 1; s.value = 0; s.disabled = false;
+  showStep();
+});
+$("interp-slider").addEventListener("input", showStep);
+
+let transferSeq = 0;
+async function transfer() {
+  const seq = ++transferSeq;
+  const data = await call("/api/transfer", {text: $("transfer-text").value, source: $("transfer-source").value,
+    target: $("transfer-target").value, alpha: Number($("transfer-alpha").value)}, $("transfer-error"), $("transfer-go"));
+  if (data && seq === transferSeq) $("transfer-output").textContent = data.output;
+}
+$("transfer-go").addEventListener("click", transfer);
+$("transfer-alpha").addEventListener("input", () => { $("transfer-alpha-value").textContent = $("transfer-alpha").value; });
+$("transfer-alpha").addEventListener("change", () => { if ($("transfer-text").value.trim()) transfer(); });
+init();
+</script>
+</body></html>
+"""
