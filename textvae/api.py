@@ -35,7 +35,7 @@ log = logging.getLogger("textvae")
 Sentences = Union[str, Sequence[str]]
 Judge = Union[str, Callable[[list[str]], torch.Tensor]]
 
-DEFAULT_TRANSFER = "project"
+DEFAULT_TRANSFER = "mean-diff"
 """Default transfer method: the best of the three by GM(style accuracy, ref-BLEU) over both
 directions on the validation books with the default model (docs/transfer_methods_valid.md).
 'search' judged by the style classifier scores higher there, but that classifier is also the

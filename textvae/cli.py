@@ -654,7 +654,7 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("mean-diff", "project", "search"), default=None,
                    help="mean-diff: z + alpha (target mean - source mean); project: set z's coordinate on the "
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
-                        "path, keep the weakest that lands in the target style (default: project, the best "
+                        "path, keep the weakest that lands in the target style (default: mean-diff, the best "
                         "on the validation books)")
     p.add_argument("--alpha", type=float, default=None,
                    help="strength; 0 gives the reconstruction (default: 2 for mean-diff and project, 4 for search, "
