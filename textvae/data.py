@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -94,6 +94,24 @@ def check_utf8(path: Path) -> None:
         raise DataError(f"cannot read {path}: {e}") from None
 
 
+def local_format(source: str, path: Path) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder and its arguments for a local data file, after checking that the
+    file exists, is a file, has a known type and is not empty (each failure: one DataError)."""
+    if not path.exists():
+        raise DataError(f"data file not found: {source}")
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; give a data file")
+    fmt = _FORMATS.get(_suffix(path))
+    if fmt is None:
+        raise DataError(f"{source}: unknown file type; use one of {', '.join(sorted(_FORMATS))} (optionally .gz)")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file is empty: {source}")
+    kwargs: dict[str, Any] = {"delimiter": "\t"} if _suffix(path) == ".tsv" else {}
+    if fmt == "text":
+        kwargs["keep_linebreaks"] = False
+    return fmt, kwargs
+
+
 def load_split(source: str, split: str = "train", text_column: str = "text", label_column: Optional[str] = None):
     """Load one split of a corpus as a ``datasets.Dataset``.
 
@@ -109,19 +127,8 @@ def load_split(source: str, split: str = "train", text_column: str = "text", lab
     datasets.disable_progress_bars()
     path = Path(os.path.expanduser(source))
     if _looks_local(source):
-        if not path.exists():
-            raise DataError(f"data file not found: {source}")
-        if path.is_dir():
-            raise DataError(f"{source} is a folder; give a data file")
-        fmt = _FORMATS.get(_suffix(path))
-        if fmt is None:
-            raise DataError(f"{source}: unknown file type; use one of {', '.join(sorted(_FORMATS))} (optionally .gz)")
-        if path.stat().st_size == 0:
-            raise DataError(f"data file is empty: {source}")
+        fmt, kwargs = local_format(source, path)
         check_utf8(path)
-        kwargs = {"delimiter": "\t"} if _suffix(path) == ".tsv" else {}
-        if fmt == "text":
-            kwargs["keep_linebreaks"] = False
         try:
             with _quiet_datasets():
                 ds = datasets.load_dataset(fmt, data_files={"train": str(path)}, split="train", **kwargs)

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from textvae.data import _FORMATS, Corpus, _looks_local, _quiet_datasets, _root_message, _suffix, normalise_text
+from textvae.data import Corpus, _looks_local, _quiet_datasets, _root_message, local_format, normalise_text
 from textvae.errors import DataError
 from textvae.tokenizer import Tokenizer
 
@@ -45,18 +45,7 @@ def open_stream(source: str, split: str = "train", text_column: str = "text", la
     try:
         with _quiet_datasets():
             if _looks_local(source):
-                if not path.exists():
-                    raise DataError(f"data file not found: {source}")
-                if path.is_dir():
-                    raise DataError(f"{source} is a folder; give a data file")
-                fmt = _FORMATS.get(_suffix(path))
-                if fmt is None:
-                    raise DataError(f"{source}: unknown file type; use one of {', '.join(sorted(_FORMATS))} (optionally .gz)")
-                if path.stat().st_size == 0:
-                    raise DataError(f"data file is empty: {source}")
-                kwargs = {"delimiter": "\t"} if _suffix(path) == ".tsv" else {}
-                if fmt == "text":
-                    kwargs["keep_linebreaks"] = False
+                fmt, kwargs = local_format(source, path)
                 ds = datasets.load_dataset(fmt, data_files={"train": str(path)}, split="train", streaming=True, **kwargs)
             else:
                 ds = datasets.load_dataset(source, split=split, streaming=True)

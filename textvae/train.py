@@ -247,8 +247,6 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
     # ---- model and optimiser
     # (resuming reuses the loaded model: pretrained parts are rebuilt from the checkpoint, not reloaded)
     model = saved.model if state is not None else SentenceVAE(cfg.model, pad_id=tok.pad_id)
-    if state is not None:
-        model.load_state_dict(saved.model.state_dict())
     model.to(device)
     # What the loop calls: DDP syncs gradients; torch.compile wraps the DDP module. Evaluation,
     # sampling and checkpoints use the plain module (the KV-cache decoder is never compiled).
