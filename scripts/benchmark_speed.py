@@ -106,26 +106,26 @@ class ReferenceVAE(nn.Module):
 # --------------------------------------------------------------------------- measuring
 
 
-def rss_mb() -> float:
-    """Peak resident set size since the last reset_rss_peak(), in MB (VmHWM)."""
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (e.g. VmHWM, VmRSS) in MB; None where /proc is missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def rss_mb() -> float:
+    """Peak resident set size since the last reset_rss_peak(), in MB (VmHWM)."""
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_now_mb() -> float:
     """Current resident set size in MB (VmRSS), 0 where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_status_mb("VmRSS") or 0.0
 
 
 def reset_rss_peak() -> bool:

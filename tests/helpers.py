@@ -44,3 +44,14 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def assert_user_error(rc: int, err: str, command: str, *needles: str) -> str:
+    """Exit status 2 and one line 'textvae COMMAND: error: ...' as the last line of stderr, no traceback."""
+    assert "Traceback" not in err, err
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"textvae {command}: error: "), err
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line

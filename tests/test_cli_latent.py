@@ -9,22 +9,11 @@ import sys
 
 import pytest
 
-from helpers import TINY_DATA, file_hashes
+from helpers import TINY_DATA, assert_user_error, file_hashes
 from textvae import checkpoint as ckpt
 
 A = "And the LORD said unto Moses, Go in unto Pharaoh."
 B = "Yahweh said to Moses, Go in to Pharaoh."
-
-
-def assert_user_error(rc: int, err: str, command: str, *needles: str) -> str:
-    """Exit status 2 and one line 'textvae COMMAND: error: ...' as the last line of stderr, no traceback."""
-    assert "Traceback" not in err, err
-    assert rc == 2, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"textvae {command}: error: "), err
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
 
 
 @pytest.fixture

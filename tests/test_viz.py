@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from helpers import TINY_DATA, read_jsonl
+from helpers import TINY_DATA, assert_user_error, read_jsonl
 from textvae import viz
 
 pytest.importorskip("matplotlib")
@@ -21,15 +21,6 @@ def png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
-
-
-def assert_user_error(rc: int, err: str, command: str, *needles: str) -> None:
-    assert "Traceback" not in err, err
-    assert rc == 2, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"textvae {command}: error: "), err
-    for n in needles:
-        assert n in line, (n, line)
 
 
 # --------------------------------------------------------------------------- collapse detection
