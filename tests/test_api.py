@@ -73,7 +73,7 @@ def test_interpolation_endpoints_are_the_reconstructions(vae, method):
 
 def test_transfer_with_alpha_zero_is_the_reconstruction(vae):
     rec = vae.reconstruct(SENTENCES)
-    for method in ("mean-diff", "project", "search"):
+    for method in ("mean-diff", "project", "search", "closest"):
         assert vae.transfer(SENTENCES, "kjv", "web", alpha=0.0, method=method) == rec
 
 
@@ -99,6 +99,38 @@ def test_search_keeps_the_weakest_accepted_strength(vae):
 
     expected = vae.decode(latent.transfer_project(z, attrs.vector("kjv"), attrs.vector("web"), 2.0))
     assert out.texts == expected
+
+
+def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
+    from textvae import latent
+    from textvae.style import sentence_bleu
+
+    z, _ = vae.encode(SENTENCES)
+    s, t = vae.attributes.vector("kjv"), vae.attributes.vector("web")
+    half = vae.decode(latent.transfer_mean_diff(z, s, t, 3.0))
+    full = vae.decode(latent.transfer_mean_diff(z, s, t, 6.0))
+    everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
+    out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=0,
+                                judge=everything)
+    for src, h, f, o, a in zip(SENTENCES, half, full, out.texts, out.alphas.tolist()):
+        want, want_a = (h, 3.0) if sentence_bleu(h, src) >= sentence_bleu(f, src) else (f, 6.0)
+        assert (o, a) == (want, want_a)
+    # nothing accepted: the full-strength decode; a judge that only takes the full-strength
+    # outputs gets exactly those
+    nothing = lambda texts: torch.zeros(len(texts), dtype=torch.bool)  # noqa: E731
+    out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=2,
+                                judge=nothing)
+    assert out.texts == full
+    only_full = lambda texts: torch.tensor([x in full for x in texts])  # noqa: E731
+    assert vae.transfer(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=0,
+                        judge=only_full) == full
+
+
+def test_closest_is_reproducible_and_rejects_negative_samples(vae):
+    a = vae.transfer(SENTENCES, "kjv", "web", method="closest", seed=3)
+    assert a == vae.transfer(SENTENCES, "kjv", "web", method="closest", seed=3)
+    with pytest.raises(InputError, match="samples"):
+        vae.transfer(SENTENCES, "kjv", "web", method="closest", samples=-1)
 
 
 def test_analogy_with_a_equal_b_is_the_reconstruction_of_c(vae):

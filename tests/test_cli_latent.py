@@ -90,7 +90,7 @@ def test_transfer_from_a_file_to_a_file(run_cli, copy_run, tmp_path):
 
 def test_transfer_alpha_zero_is_reconstruction(run_cli, trained_run):
     _, rec, _ = run_cli("reconstruct", "--checkpoint", trained_run, A, B)
-    for method in ("mean-diff", "project", "search"):
+    for method in ("mean-diff", "project", "search", "closest"):
         rc, out, err = run_cli("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web",
                                "--alpha", "0", "--method", method, A, B)
         assert rc == 0, err

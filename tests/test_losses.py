@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from textvae.losses import elbo_loss, free_bits_kl, gaussian_kl, reconstruction_nll, word_dropout
+from textvae.losses import bag_of_words_nll, elbo_loss, free_bits_kl, gaussian_kl, reconstruction_nll, word_dropout
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
@@ -109,6 +109,32 @@ def make_dec_in(B: int = 64, T: int = 40, seed: int = 0) -> torch.Tensor:
         x[i, n] = EOS  # never in real decoder inputs, but it must survive too
         x[i, n + 1 :] = PAD
     return x
+
+
+def test_bag_of_words_nll_by_hand():
+    g = torch.Generator().manual_seed(1)
+    bow = torch.randn(2, 7, generator=g)
+    targets = torch.tensor([[4, 5, 4, EOS, PAD], [6, EOS, PAD, PAD, PAD]])
+    logp = bow.log_softmax(-1)
+    want = torch.stack([-(2 * logp[0, 4] + logp[0, 5]), -logp[1, 6]])  # order-free; pad and eos left out
+    torch.testing.assert_close(bag_of_words_nll(bow, targets, (PAD, EOS)), want)
+    with_eos = bag_of_words_nll(bow, targets, (PAD,))
+    torch.testing.assert_close(with_eos, want - torch.stack([logp[0, EOS], logp[1, EOS]]))
+
+
+def test_elbo_loss_adds_weighted_bag_of_words():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 7, generator=g)
+    targets = torch.tensor([[4, 5, EOS], [6, EOS, PAD]])
+    mu, logvar = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    bow = torch.randn(2, 7, generator=g)
+    plain = elbo_loss(logits, targets, mu, logvar, PAD, beta=0.5)
+    assert "bow" not in plain
+    both = elbo_loss(logits, targets, mu, logvar, PAD, beta=0.5, bow_logits=bow, bow_weight=0.3, bow_ignore=(EOS,))
+    want_bow = bag_of_words_nll(bow, targets, (PAD, EOS)).mean()
+    torch.testing.assert_close(both["bow"], want_bow)
+    torch.testing.assert_close(both["loss"], plain["loss"] + 0.3 * want_bow)
+    torch.testing.assert_close(both["neg_elbo"], plain["neg_elbo"])  # the bound itself is untouched
 
 
 def test_word_dropout_never_touches_specials():

@@ -247,3 +247,22 @@ def test_narrow_initial_posterior_makes_the_decoder_read_z():
     """The point of init_logvar: on strings that only z can explain, the decoder learns to use z."""
     own, other = _autoencode(-6.0)  # measured: 15.5 vs 23.1 nats; with init_logvar 0: 17.1 vs 19.6
     assert own < other - 5.0, (own, other)
+
+
+def test_bag_of_words_head_only_when_weighted():
+    enc = tokens(3, 9)
+    mask = torch.ones_like(enc, dtype=torch.bool)
+    plain = make_model()
+    assert not hasattr(plain, "z_to_bow") and plain(enc, mask, tokens(3, 7, seed=1)).bow_logits is None
+    model = make_model(bow_weight=0.5)
+    out = model(enc, mask, tokens(3, 7, seed=1), sample=False)
+    assert out.bow_logits.shape == (3, 40)
+    torch.testing.assert_close(out.bow_logits, model.z_to_bow(out.mu))  # a function of z alone
+    assert not hasattr(make_model(latent_dim=0, bow_weight=0.5), "z_to_bow")  # the LM baseline has no z
+
+
+def test_negative_bow_weight_rejected():
+    from textvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bow_weight"):
+        small_model_config(bow_weight=-1.0)

@@ -207,14 +207,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     """Rewrite sentences from one label's style into another's by latent arithmetic with the attribute vectors."""
-    from textvae.api import DEFAULT_TRANSFER, SEARCH_CANDIDATES
+    from textvae.api import CLOSEST_SAMPLES, DEFAULT_TRANSFER, SEARCH_CANDIDATES
 
     vae = _load_vae(args)
     attrs = vae.require_attributes()
     attrs.index(args.source), attrs.index(args.target)  # unknown labels fail before any work
     texts = _input_sentences(args)
     out = vae.transfer_detailed(texts, args.source, args.target, alpha=args.alpha, method=args.method or DEFAULT_TRANSFER,
-                                candidates=args.candidates or SEARCH_CANDIDATES, judge=args.judge, **_decoding(args))
+                                candidates=args.candidates or SEARCH_CANDIDATES, judge=args.judge,
+                                samples=CLOSEST_SAMPLES if args.samples is None else args.samples, **_decoding(args))
     records = [{"source": s, "output": o, "alpha": round(float(a), 4)} for s, o, a in zip(texts, out.texts, out.alphas)]
     if args.score:
         from textvae.style import classifier_for, sentence_bleu
@@ -305,7 +306,8 @@ def cmd_evaluate_transfer(args: argparse.Namespace) -> int:
     report = evaluate_transfer(vae, clf, sources, args.source, args.target, refs=refs,
                                method=args.method, alpha=args.alpha, sweep=sweep,
                                methods=args.sweep_methods.split(",") if args.sweep_methods else (),
-                               seed=args.seed, strategy=args.strategy, candidates=args.candidates, judge=args.judge)
+                               seed=args.seed, strategy=args.strategy, candidates=args.candidates, judge=args.judge,
+                               samples=args.samples)
     report.update({"checkpoint": str(vae.path), "data": data, "refs": args.refs, "min_words": dc.min_words,
                    "max_words": max_words})
     if args.json:
@@ -651,19 +653,22 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
 def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="LABEL", help="label of the input style")
     p.add_argument("--to", dest="target", required=True, metavar="LABEL", help="label of the output style")
-    p.add_argument("--method", choices=("mean-diff", "project", "search"), default=None,
+    p.add_argument("--method", choices=("mean-diff", "project", "search", "closest"), default=None,
                    help="mean-diff: z + alpha (target mean - source mean); project: set z's coordinate on the "
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
-                        "path, keep the weakest that lands in the target style (default: mean-diff, the best "
-                        "on the validation books)")
+                        "path, keep the weakest that lands in the target style; closest: decode several "
+                        "candidates at strengths up to alpha on the mean-diff path, keep the one in the target "
+                        "style that is closest to the source (default: mean-diff)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="strength; 0 gives the reconstruction (default: 2 for mean-diff and project, 4 for search, "
-                        "where it is the largest tried)")
+                   help="strength; 0 gives the reconstruction (default: 2 for mean-diff and project; for search "
+                        "(4) and closest (3) it is the largest tried)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="search: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
+                   help="search, closest: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="closest: sampled decodes per strength besides the --strategy one (default 3)")
     p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
-                   help="search: accept an output when its re-encoded code is past the midpoint of the two "
-                        "attribute vectors (latent, default) or when the style classifier says so (classifier)")
+                   help="search, closest: accept an output when its re-encoded code is past the midpoint of the "
+                        "two attribute vectors (latent, default) or when the style classifier says so (classifier)")
 
 
 def _add_transfer(p: argparse.ArgumentParser) -> None:

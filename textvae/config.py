@@ -103,6 +103,11 @@ class ModelConfig:
     """Initial log-variance of the posterior (the bias of its logvar head). Negative starts q(z|x)
     narrow, so z carries the encoder's signal from the first step and the decoder learns to read
     it; at 0 (sigma = 1) z starts as noise that the decoder learns to ignore, and z stays unused."""
+    bow_weight: float = 0.0
+    """Weight of a bag-of-words loss on z (Zhao et al. 2017): a linear head predicts the sentence's
+    tokens from z, regardless of order, so the encoder is taught to put the content into z from
+    the first step instead of waiting for the decoder to ask for it. > 0 adds the head (L x d_model
+    weights); it is trained with the model and unused at generation time."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -123,6 +128,8 @@ class ModelConfig:
             raise ConfigError(f"model.init_logvar must be in [-20, 5], got {self.init_logvar}")
         if self.vocab_size < 0 or self.d_ff < 0:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0")
+        if not math.isfinite(self.bow_weight) or self.bow_weight < 0:
+            raise ConfigError(f"model.bow_weight must be >= 0, got {self.bow_weight}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from textvae.data import Corpus, collate
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
-TRANSFER_METHODS = ("mean-diff", "project", "search")
+TRANSFER_METHODS = ("mean-diff", "project", "search", "closest")
 INTERPOLATIONS = ("lerp", "slerp")
 
 
@@ -198,8 +198,8 @@ def transfer(z: torch.Tensor, source: torch.Tensor, target: torch.Tensor, alpha:
              method: str = "mean-diff") -> torch.Tensor:
     """Move codes (N, L) towards the target attribute by ``method`` ('mean-diff' or 'project').
 
-    ('search' decodes candidates, so it lives in the text-level API; its candidates come from
-    :func:`search_candidates`.)
+    ('search' and 'closest' decode candidates, so they live in the text-level API; their
+    candidates come from :func:`search_candidates`.)
     """
     if method == "mean-diff":
         return transfer_mean_diff(z, source, target, alpha)

@@ -39,19 +39,39 @@ def reconstruction_nll(logits: torch.Tensor, targets: torch.Tensor, pad_id: int)
     return nll.view(B, T).sum(1)
 
 
+def bag_of_words_nll(bow_logits: torch.Tensor, targets: torch.Tensor, ignore_ids: tuple[int, ...]) -> torch.Tensor:
+    """Bag-of-words loss (Zhao et al. 2017): bow_logits (B, V), targets (B, T) -> (B,).
+
+    Every target token is scored under the one distribution softmax(bow_logits) of its
+    sentence, whatever its position; tokens in ``ignore_ids`` (pad, eos) are left out.
+    Summed over the sentence's tokens, in nats.
+    """
+    logp = bow_logits.float().log_softmax(-1).gather(1, targets)  # (B, T)
+    keep = torch.ones_like(targets, dtype=torch.bool)
+    for t in ignore_ids:
+        keep &= targets != t
+    return -(logp * keep).sum(1)
+
+
 def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-              pad_id: int, beta: float = 1.0, free_bits: float = 0.0) -> dict[str, torch.Tensor]:
+              pad_id: int, beta: float = 1.0, free_bits: float = 0.0, bow_logits: Optional[torch.Tensor] = None,
+              bow_weight: float = 0.0, bow_ignore: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     """Objective and its parts, averaged over the batch (nats per sentence).
 
-    Returns a dict with ``loss`` (rec + beta * KL with free bits, to minimise), ``rec``,
-    ``kl`` (the true KL, for logging), ``kl_objective`` (the KL term as optimised) and
-    ``neg_elbo`` (rec + KL, beta = 1, no free bits).
+    Returns a dict with ``loss`` (rec + beta * KL with free bits [+ bow_weight * bag-of-words
+    NLL], to minimise), ``rec``, ``kl`` (the true KL, for logging), ``kl_objective`` (the KL
+    term as optimised), ``neg_elbo`` (rec + KL, beta = 1, no free bits) and, when
+    ``bow_logits`` is given, ``bow`` (:func:`bag_of_words_nll`, ignoring pad and ``bow_ignore``).
     """
     rec = reconstruction_nll(logits, targets, pad_id).mean()
     kl_dim = gaussian_kl(mu, logvar)
     kl = kl_dim.sum(1).mean()
     kl_obj = free_bits_kl(kl_dim, free_bits)
-    return {"loss": rec + beta * kl_obj, "rec": rec, "kl": kl, "kl_objective": kl_obj, "neg_elbo": rec + kl}
+    out = {"loss": rec + beta * kl_obj, "rec": rec, "kl": kl, "kl_objective": kl_obj, "neg_elbo": rec + kl}
+    if bow_logits is not None:
+        out["bow"] = bag_of_words_nll(bow_logits, targets, (pad_id, *bow_ignore)).mean()
+        out["loss"] = out["loss"] + bow_weight * out["bow"]
+    return out
 
 
 def word_dropout(dec_in: torch.Tensor, rate: float, unk_id: int, keep_ids: tuple[int, ...],

@@ -37,6 +37,7 @@ class VAEOutput:
     mu: torch.Tensor  # (B, L)
     logvar: torch.Tensor  # (B, L)
     z: torch.Tensor  # (B, L)
+    bow_logits: Optional[torch.Tensor] = None  # (B, V) when the model has a bag-of-words head
 
 
 # One layer's cache: keys and values (B, H, P, Dh), P = memory slot + tokens seen so far.
@@ -168,6 +169,10 @@ class SentenceVAE(nn.Module):
                 from textvae.errors import ConfigError
 
                 raise ConfigError(f"model.max_len={cfg.max_len} is longer than the pretrained decoder's {limit} positions")
+        if not self.is_lm and cfg.bow_weight > 0:
+            # Bag-of-words head (Zhao et al. 2017): z -> one distribution over the vocabulary
+            # that every token of the sentence is scored under, whatever its position.
+            self.z_to_bow = nn.Linear(L, cfg.vocab_size)
         # Initialise textvae's own layers only; pretrained weights stay as loaded.
         keep = {id(m) for part in (hf_encoder, hf_decoder) if part is not None for m in part.modules()}
         self.apply(lambda m: None if id(m) in keep else self._init_weights(m))
@@ -322,7 +327,8 @@ class SentenceVAE(nn.Module):
         mu, logvar = self.encode(enc_ids, enc_mask)
         z = self.reparameterize(mu, logvar, generator, eps) if sample else mu
         logits, _ = self.decode(dec_in, z)
-        return VAEOutput(logits, mu, logvar, z)
+        bow_logits = self.z_to_bow(z) if hasattr(self, "z_to_bow") else None
+        return VAEOutput(logits, mu, logvar, z, bow_logits)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

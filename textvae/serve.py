@@ -40,6 +40,9 @@ MAX_BODY = 16_384
 MAX_SAMPLES = 20
 MAX_STEPS = 21
 MAX_ALPHA = 50.0
+SLIDER_METHOD = "mean-diff"
+"""The demo's transfer: one decode per slider move, and the output follows alpha smoothly
+(textvae's default, 'closest', decodes 16 candidates and picks one)."""
 
 
 class DemoError(InputError):
@@ -62,12 +65,12 @@ class Demo:
         self.labels = list(vae.attributes.labels) if vae.attributes is not None else []
 
     def info(self) -> dict[str, Any]:
-        from textvae.api import DEFAULT_ALPHA, DEFAULT_TRANSFER
+        from textvae.api import DEFAULT_ALPHA
 
         return {"checkpoint": str(self.vae.path), "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
-                "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": DEFAULT_TRANSFER,
-                "default_alpha": DEFAULT_ALPHA[DEFAULT_TRANSFER]}
+                "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": SLIDER_METHOD,
+                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD]}
 
     def sample(self, body: dict[str, Any]) -> dict[str, Any]:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
@@ -96,7 +99,7 @@ class Demo:
         target = _choice(body, "target", None, self.labels, what="label")
         if source == target:
             raise DemoError(f"source and target are the same label ({source!r})")
-        method = _choice(body, "method", "mean-diff", ("mean-diff", "project"))
+        method = _choice(body, "method", SLIDER_METHOD, ("mean-diff", "project"))
         alpha = _number(body, "alpha", DEFAULT_ALPHA[method], -MAX_ALPHA, MAX_ALPHA)
         with self.lock:
             out = self.vae.transfer([text], source, target, alpha=alpha, method=method)[0]

@@ -369,7 +369,7 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
                       refs: Optional[Sequence[str]] = None, method: Optional[str] = None, alpha: Optional[float] = None,
                       sweep: Sequence[float] = (), methods: Sequence[str] = (), seed: int = 0,
                       strategy: str = "greedy", candidates: Optional[int] = None, judge: str = "latent",
-                      no_repeat_ngram: int = 0) -> dict[str, Any]:
+                      no_repeat_ngram: int = 0, samples: Optional[int] = None) -> dict[str, Any]:
     """Transfer ``sources`` and score them against the copy baseline (and the references).
 
     Args:
@@ -379,14 +379,15 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
         refs: their human rewrites in the target style, aligned, or None.
         method, alpha: the transfer to report (defaults of :meth:`TextVAE.transfer`).
         sweep: strengths to also report, for each of ``methods`` (default: ``method``); a method
-            'search:classifier' or 'search:latent' names the judge too.
-        judge: how 'search' accepts a candidate (see :meth:`TextVAE.transfer`).
+            'search:classifier' or 'closest:latent' names the judge too.
+        judge: how 'search' and 'closest' accept a candidate (see :meth:`TextVAE.transfer`).
+        samples: sampled decodes per strength of 'closest' (default ``CLOSEST_SAMPLES``).
         no_repeat_ngram: decoding option of :func:`textvae.generate.decode` (0: off).
     Returns:
         {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
         "gm_ref", "mean_alpha"}...], "examples": [...], "signature": sacrebleu's, ...}
     """
-    from textvae.api import DEFAULT_ALPHA, DEFAULT_TRANSFER, SEARCH_CANDIDATES
+    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_TRANSFER, SEARCH_CANDIDATES
 
     for label in (source, target):
         vae.require_attributes().index(label)
@@ -395,11 +396,12 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
     method = method or DEFAULT_TRANSFER
     for m in [method, *methods]:
         name, _, how = m.partition(":")
-        if name not in DEFAULT_ALPHA or (how and (name != "search" or how not in ("latent", "classifier"))):
-            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search, search:latent "
-                             f"or search:classifier")
+        if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in ("latent", "classifier"))):
+            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search or closest "
+                             f"(search and closest may name their judge: search:latent, closest:classifier...)")
     alpha = DEFAULT_ALPHA[method.partition(":")[0]] if alpha is None else alpha
     candidates = candidates or SEARCH_CANDIDATES
+    samples = CLOSEST_SAMPLES if samples is None else samples
     sources = list(sources)
     rows = [{"system": "copy (output = input)", "method": None, "alpha": None,
              **score_transfer(sources, sources, target, clf, refs)}]
@@ -410,7 +412,7 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
     def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
         name, _, how = m.partition(":")  # 'search:classifier' picks the judge of the search
         out = vae.transfer_detailed(sources, source, target, a, name, strategy=strategy, seed=seed,
-                                    candidates=candidates, judge=how or judge,
+                                    candidates=candidates, judge=how or judge, samples=samples,
                                     **({"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}))
         row = {"system": system, "method": m, "alpha": a, **score_transfer(out.texts, sources, target, clf, refs),
                "mean_alpha": float(out.alphas.mean())}
@@ -449,7 +451,7 @@ def format_transfer_table(rows: Sequence[dict[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         alpha = "–" if r.get("alpha") is None else f"{r['alpha']:g}"
-        if str(r.get("method")).startswith("search") and r.get("mean_alpha") is not None:
+        if str(r.get("method")).startswith(("search", "closest")) and r.get("mean_alpha") is not None:
             alpha += f" (mean {r['mean_alpha']:.2f})"
         lines.append(f"| {r['system']} | {r.get('method') or '–'} | {alpha} | {_pct(r['accuracy'])} | "
                      f"{_num(r['self_bleu'])} | {_num(r['ref_bleu'])} | {_num(r['gm_self'])} | {_num(r['gm_ref'])} |")

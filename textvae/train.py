@@ -327,6 +327,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # pretrained weights may have their own peak
         sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
+        if cfg.model.bow_weight > 0 and not model.is_lm:
+            sums["bow"] = 0.0
         step_tokens, step_sentences = 0, 0
         for micro in range(tc.grad_accum):
             seqs: list = []
@@ -351,7 +353,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
             with ddp_model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext():
                 with amp:
                     out = train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps)
-                terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits)
+                terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits,
+                                  out.bow_logits, cfg.model.bow_weight, (tok.eos_id,))
                 scaler.scale(terms["loss"] / tc.grad_accum).backward()
             # one device-to-host copy for all logged terms, not one sync per term
             for k, v in zip(sums, torch.stack([terms[k].detach() for k in sums]).tolist()):
