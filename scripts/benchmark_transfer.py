@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default=None, help="the transfer to report (default: textvae's default)")
     p.add_argument("--alpha", type=float, default=None, help="its strength (default: the method's default)")
     p.add_argument("--sweep", default="1,2,4,6,8", help="strengths of the sweep (comma-separated)")
-    p.add_argument("--methods", default="mean-diff,project,search,search:classifier",
-                   help="methods of the sweep (comma-separated; search:classifier judges with the classifier)")
+    p.add_argument("--methods", default="mean-diff,project,search,closest",
+                   help="methods of the sweep (comma-separated; search:classifier or closest:classifier judge "
+                        "with the classifier)")
     p.add_argument("--examples", type=int, default=5, help="example transfers per direction in the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         "`search` decodes up to 4 strengths (alpha/4 ... alpha) on the `project` path and keeps the weakest "
         "whose output its judge accepts (`latent`: the re-encoded output lies past the midpoint of the two "
         "attribute vectors; `classifier`: the style classifier above, which then also scores it, so its "
-        "accuracy is optimistic); its alpha column shows the largest strength and the mean strength used.",
+        "accuracy is optimistic); `closest` decodes 4 strengths on the `mean-diff` path, each greedily and 3 "
+        "times by nucleus sampling, and keeps the candidate its judge accepts with the highest sentence BLEU "
+        "against the source (none accepted: the greedy output at full strength). For both, the alpha column "
+        "shows the largest strength and the mean strength used.",
         "",
         f"sacrebleu signature: `{reports[0]['signature']}`",
     ]

@@ -91,9 +91,9 @@ def test_unperturbed_init_also_depends_on_z():
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("z_injection", INJECTIONS)
-def test_kv_cache_step_by_step_equals_full(z_injection):
-    model = make_model(z_injection=z_injection)
+@pytest.mark.parametrize("z_injection,z_slots", [*((i, 1) for i in INJECTIONS), ("memory", 3), ("both", 4)])
+def test_kv_cache_step_by_step_equals_full(z_injection, z_slots):
+    model = make_model(z_injection=z_injection, z_slots=z_slots)
     z = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
     x = tokens(3, 15, seed=4)
     with torch.no_grad():
@@ -112,8 +112,8 @@ def test_kv_cache_step_by_step_equals_full(z_injection):
     assert full.abs().max() > 1.0  # logits far from zero, so that atol=1e-5 is a tight check
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.cat([head, mid] + tail, 1), full[:, :11], rtol=0, atol=1e-5)
-    # the cache holds the memory slot (if any) plus every token, per layer
-    slot = 1 if z_injection in ("memory", "both") else 0
+    # the cache holds the memory slots (if any) plus every token, per layer
+    slot = z_slots if z_injection in ("memory", "both") else 0
     assert len(cache) == 2
     for k, v in cache:
         assert k.shape == v.shape == (3, 2, slot + 15, 16)
@@ -266,3 +266,26 @@ def test_negative_bow_weight_rejected():
 
     with pytest.raises(ConfigError, match="bow_weight"):
         small_model_config(bow_weight=-1.0)
+
+
+def test_z_slots_are_separate_projections_of_z():
+    model = make_model(z_injection="memory", z_slots=3)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = model.init_cache(z)
+        flat = model.z_to_memory(z).view(2, 2, 2, 3, 2, 16)  # (B, layers, k/v, slot, head, Dh)
+    for layer, (k, v) in enumerate(cache):
+        assert k.shape == v.shape == (2, 2, 3, 16)  # (B, heads, slots, Dh)
+        torch.testing.assert_close(k, flat[:, layer, 0].transpose(1, 2))
+        torch.testing.assert_close(v, flat[:, layer, 1].transpose(1, 2))
+    assert not torch.allclose(cache[0][0][:, :, 0], cache[0][0][:, :, 1])  # slots differ
+
+
+def test_z_slots_need_a_transformer_decoder():
+    from textvae.config import DecoderConfig
+    from textvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="z_slots"):
+        small_model_config(z_slots=0)
+    with pytest.raises(ConfigError, match="z_slots > 1 needs"):
+        small_model_config(z_slots=2, decoder=DecoderConfig(type="gru"))

@@ -97,6 +97,9 @@ class ModelConfig:
     z_injection: str = "both"
     """How z reaches the decoder: 'memory' (an extra key/value slot at every layer),
     'embedding' (added to every input embedding) or 'both' (Li et al. 2020, Optimus)."""
+    z_slots: int = 1
+    """Memory slots that z becomes at every decoder layer ('memory' and 'both' injection, transformer
+    decoder): 1 as in Optimus; more let each position attend to a different projection of z."""
     max_len: int = 64
     """Longest token sequence, bos/eos included, that the model handles."""
     init_logvar: float = -6.0
@@ -128,6 +131,10 @@ class ModelConfig:
             raise ConfigError(f"model.init_logvar must be in [-20, 5], got {self.init_logvar}")
         if self.vocab_size < 0 or self.d_ff < 0:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0")
+        if self.z_slots < 1:
+            raise ConfigError(f"model.z_slots must be at least 1, got {self.z_slots}")
+        if self.z_slots > 1 and self.decoder.type != "transformer":
+            raise ConfigError(f"model.z_slots > 1 needs model.decoder.type 'transformer' (got {self.decoder.type!r})")
         if not math.isfinite(self.bow_weight) or self.bow_weight < 0:
             raise ConfigError(f"model.bow_weight must be >= 0, got {self.bow_weight}")
 

@@ -155,8 +155,10 @@ class SentenceVAE(nn.Module):
             self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
             self.dec_ln = nn.LayerNorm(D)
             if self.use_memory:
-                # Optimus' "memory" scheme: z becomes one extra key and value per layer.
-                self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers)
+                # Optimus' "memory" scheme: z becomes extra keys and values at every layer, one
+                # slot in Optimus; with model.z_slots > 1 each position can attend to a different
+                # slot, so the decoder can read different parts of z at different positions.
+                self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers * cfg.z_slots)
             if self.use_embedding:
                 # Optimus' "embedding" scheme: z is added to every decoder input embedding.
                 self.z_to_embedding = nn.Linear(L, D)
@@ -246,7 +248,7 @@ class SentenceVAE(nn.Module):
 
     def init_cache(self, z: torch.Tensor) -> Any:
         """The decoder's state before the first token. Transformer: the z memory slot of every layer
-        as the start of a key/value cache, (B, H, M, Dh), M = 0 or 1; GRU: the initial hidden
+        as the start of a key/value cache, (B, H, M, Dh), M = 0 or model.z_slots; GRU: the initial hidden
         state; pretrained: a ``transformers`` cache holding the z memory."""
         if self.dec_type == "gru":
             return self.gru.init_state(z)
@@ -257,7 +259,8 @@ class SentenceVAE(nn.Module):
         if not self.use_memory:
             empty = z.new_zeros(B, H, 0, D // H)
             return [(empty, empty) for _ in self.decoder]
-        mem = self.z_to_memory(z).view(B, len(self.decoder), 2, H, 1, D // H)
+        M = self.cfg.z_slots
+        mem = self.z_to_memory(z).view(B, len(self.decoder), 2, M, H, D // H).transpose(3, 4)  # (B, layers, 2, H, M, Dh)
         return [(mem[:, i, 0], mem[:, i, 1]) for i in range(len(self.decoder))]
 
     def decode(self, dec_in: torch.Tensor, z: torch.Tensor, cache: Optional[KVCache] = None,
