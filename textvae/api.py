@@ -249,7 +249,7 @@ class TextVAE:
                 ``samples`` times by nucleus sampling; of the outputs ``judge`` accepts, keep the
                 one with the highest sentence BLEU against the source; when none is accepted,
                 the ``strategy`` output at full strength).
-            judge: for 'search': 'latent' (re-encode the output: accepted when its posterior
+            judge: for 'search' and 'closest': 'latent' (re-encode the output: accepted when its posterior
                 mean lies past the midpoint of the two attribute vectors along the style
                 axis), 'classifier' (the n-gram style classifier of ``textvae/style.py``) or
                 a function from texts to a (N,) bool tensor.
@@ -278,10 +278,10 @@ class TextVAE:
             return Transferred(self.decode(z, strategy, seed, **decode_kwargs), torch.full((len(mu),), alpha))
         if candidates < 1:
             raise InputError("--candidates must be at least 1")
+        if method == "closest" and alpha == 0:  # no move: the reconstruction, as for every method
+            return Transferred(self.decode(mu, strategy, seed, **decode_kwargs), torch.zeros(len(mu)))
         accept = self._judge(judge, s, t, target)
         if method == "closest":
-            if alpha == 0:  # no move: the reconstruction, as for every method
-                return Transferred(self.decode(mu, strategy, seed, **decode_kwargs), torch.zeros(len(mu)))
             return self._closest(texts, mu, s, t, alpha, candidates, samples, accept, strategy, seed, **decode_kwargs)
         codes, alphas = latent.search_candidates(mu, s, t, alpha, candidates, base="project")
         chosen_texts: list[Optional[str]] = [None] * len(mu)
@@ -303,9 +303,9 @@ class TextVAE:
                 break
         return Transferred([x or "" for x in chosen_texts], chosen)
 
-    def _closest(self, sources: list[str], mu: torch.Tensor, source: torch.Tensor, target: torch.Tensor, alpha: float, candidates: int,
-                 samples: int, accept: Callable[[list[str]], torch.Tensor], strategy: str, seed: int,
-                 **decode_kwargs: Any) -> Transferred:
+    def _closest(self, sources: list[str], mu: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                 alpha: float, candidates: int, samples: int, accept: Callable[[list[str]], torch.Tensor],
+                 strategy: str, seed: int, **decode_kwargs: Any) -> Transferred:
         """The 'closest' transfer: of the accepted candidates, the one nearest the source text."""
         from textvae.style import sentence_bleu
 
