@@ -40,11 +40,7 @@ class EncoderConfig:
     decay as train.lr); 0 means train.lr."""
 
     def __post_init__(self) -> None:
-        _choice("model.encoder.type", self.type, ("transformer", "pretrained"))
-        if self.type == "pretrained" and not self.name_or_path:
-            raise ConfigError("model.encoder.type 'pretrained' needs model.encoder.name_or_path (a local folder or a hub name)")
-        if self.lr < 0:
-            raise ConfigError("model.encoder.lr must be >= 0 (0: train.lr)")
+        _check_part("model.encoder", self.type, ("transformer", "pretrained"), self.name_or_path, self.lr)
 
 
 @dataclass(frozen=True)
@@ -64,11 +60,7 @@ class DecoderConfig:
     z-injection layers always use train.lr."""
 
     def __post_init__(self) -> None:
-        _choice("model.decoder.type", self.type, ("transformer", "gru", "pretrained"))
-        if self.type == "pretrained" and not self.name_or_path:
-            raise ConfigError("model.decoder.type 'pretrained' needs model.decoder.name_or_path (a local folder or a hub name)")
-        if self.lr < 0:
-            raise ConfigError("model.decoder.lr must be >= 0 (0: train.lr)")
+        _check_part("model.decoder", self.type, ("transformer", "gru", "pretrained"), self.name_or_path, self.lr)
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ class ModelConfig:
     bow_weight: float = 0.0
     """Weight of a bag-of-words loss on z (Zhao et al. 2017): a linear head predicts the sentence's
     tokens from z, regardless of order, so the encoder is taught to put the content into z from
-    the first step instead of waiting for the decoder to ask for it. > 0 adds the head (L x d_model
+    the first step instead of waiting for the decoder to ask for it. > 0 adds the head (L x vocab_size
     weights); it is trained with the model and unused at generation time."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -351,6 +343,15 @@ class Config:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_part(prefix: str, kind: str, allowed: tuple[str, ...], name_or_path: Optional[str], lr: float) -> None:
+    """The checks shared by model.encoder and model.decoder."""
+    _choice(f"{prefix}.type", kind, allowed)
+    if kind == "pretrained" and not name_or_path:
+        raise ConfigError(f"{prefix}.type 'pretrained' needs {prefix}.name_or_path (a local folder or a hub name)")
+    if lr < 0:
+        raise ConfigError(f"{prefix}.lr must be >= 0 (0: train.lr)")
 
 
 # --------------------------------------------------------------------------- building from dicts

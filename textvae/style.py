@@ -16,6 +16,7 @@ exist), and the geometric mean of accuracy with each BLEU (Xu et al. 2018 use th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -340,10 +341,17 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, str]:
     return float(score.score), str(metric.get_signature())
 
 
-def sentence_bleu(hyp: str, ref: str) -> float:
+@functools.lru_cache(maxsize=1)
+def _sentence_metric():
     import sacrebleu
 
-    return float(sacrebleu.BLEU(effective_order=True).sentence_score(hyp, [ref]).score)
+    return sacrebleu.BLEU(effective_order=True)
+
+
+def sentence_bleu(hyp: str, ref: str) -> float:
+    """sacrebleu sentence BLEU (effective order); one metric object serves every call, since
+    'closest' scores 16 candidates per sentence with it."""
+    return float(_sentence_metric().sentence_score(hyp, [ref]).score)
 
 
 def geometric_mean(accuracy: float, bleu: float) -> float:
