@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # the bundled data paths (and the checkpoint config's) are relative to the repository
 
     from textvae import TextVAE
+    from textvae.api import CLOSEST_SAMPLES
     from textvae.errors import TextVAEError
     from textvae.style import classifier_for, evaluate_transfer, format_transfer_table, transfer_inputs
 
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "`search` decodes up to 4 strengths (alpha/4 ... alpha) on the `project` path and keeps the weakest "
         "whose output its judge accepts (`latent`: the re-encoded output lies past the midpoint of the two "
         "attribute vectors; `classifier`: the style classifier above, which then also scores it, so its "
-        "accuracy is optimistic); `closest` decodes 4 strengths on the `mean-diff` path, each greedily and 3 "
-        "times by nucleus sampling, and keeps the candidate its judge accepts with the highest sentence BLEU "
+        "accuracy is optimistic); `closest` decodes 4 strengths on the `mean-diff` path, each greedily and "
+        f"{CLOSEST_SAMPLES} times by nucleus sampling, and keeps the candidate its judge accepts with the highest sentence BLEU "
         "against the source (none accepted: the greedy output at full strength). For both, the alpha column "
         "shows the largest strength and the mean strength used.",
         "",

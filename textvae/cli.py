@@ -658,14 +658,14 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
                         "path, keep the weakest that lands in the target style; closest: decode several "
                         "candidates at strengths up to alpha on the mean-diff path, keep the one in the target "
-                        "style that is closest to the source (default: mean-diff)")
+                        "style that is closest to the source (default: closest)")
     p.add_argument("--alpha", type=float, default=None,
                    help="strength; 0 gives the reconstruction (default: 2 for mean-diff and project; for search "
                         "(4) and closest (3) it is the largest tried)")
     p.add_argument("--candidates", type=int, default=None,
                    help="search, closest: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
     p.add_argument("--samples", type=int, default=None,
-                   help="closest: sampled decodes per strength besides the --strategy one (default 3)")
+                   help="closest: sampled decodes per strength besides the --strategy one (default 10)")
     p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
                    help="search, closest: accept an output when its re-encoded code is past the midpoint of the "
                         "two attribute vectors (latent, default) or when the style classifier says so (classifier)")

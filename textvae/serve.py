@@ -42,7 +42,7 @@ MAX_STEPS = 21
 MAX_ALPHA = 50.0
 SLIDER_METHOD = "mean-diff"
 """The demo's transfer: one decode per slider move, and the output follows alpha smoothly
-(textvae's default, 'closest', decodes 16 candidates and picks one)."""
+(textvae's default, 'closest', decodes 44 candidates and picks one)."""
 
 
 class DemoError(InputError):
