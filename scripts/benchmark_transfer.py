@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # the bundled data paths (and the checkpoint config's) are relative to the repository
 
     from textvae import TextVAE
-    from textvae.api import CLOSEST_SAMPLES
+    from textvae.api import CLOSEST_SAMPLES, SEARCH_CANDIDATES
     from textvae.errors import TextVAEError
     from textvae.style import classifier_for, evaluate_transfer, format_transfer_table, transfer_inputs
 
@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * c.get('heldout_accuracy', float('nan')):.1f}% on {c.get('heldout_file')}. "
         "Self-BLEU: corpus BLEU of the outputs against their inputs (content kept); ref-BLEU: against the "
         "references; GM: geometric mean sqrt(accuracy in % x BLEU). "
-        "`search` decodes up to 4 strengths (alpha/4 ... alpha) on the `project` path and keeps the weakest "
+        f"`search` decodes up to {SEARCH_CANDIDATES} strengths (alpha/{SEARCH_CANDIDATES} ... alpha) on the "
+        "`project` path and keeps the weakest "
         "whose output its judge accepts (`latent`: the re-encoded output lies past the midpoint of the two "
         "attribute vectors; `classifier`: the style classifier above, which then also scores it, so its "
-        "accuracy is optimistic); `closest` decodes 4 strengths on the `mean-diff` path, each greedily and "
+        f"accuracy is optimistic); `closest` decodes {SEARCH_CANDIDATES} strengths on the `mean-diff` path, each greedily and "
         f"{CLOSEST_SAMPLES} times by nucleus sampling, and keeps the candidate its judge accepts with the highest sentence BLEU "
         "against the source (none accepted: the greedy output at full strength). For both, the alpha column "
         "shows the largest strength and the mean strength used.",

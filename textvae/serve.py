@@ -42,7 +42,8 @@ MAX_STEPS = 21
 MAX_ALPHA = 50.0
 SLIDER_METHOD = "mean-diff"
 """The demo's transfer: one decode per slider move, and the output follows alpha smoothly
-(textvae's default, 'closest', decodes 44 candidates and picks one)."""
+(textvae's default, 'closest', decodes SEARCH_CANDIDATES x (CLOSEST_SAMPLES + 1) candidates and
+picks one)."""
 
 
 class DemoError(InputError):

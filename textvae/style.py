@@ -350,7 +350,7 @@ def _sentence_metric():
 
 def sentence_bleu(hyp: str, ref: str) -> float:
     """sacrebleu sentence BLEU (effective order); one metric object serves every call, since
-    'closest' scores up to 44 candidates per sentence with it."""
+    'closest' scores up to SEARCH_CANDIDATES x (CLOSEST_SAMPLES + 1) candidates per sentence with it."""
     return float(_sentence_metric().sentence_score(hyp, [ref]).score)
 
 
