@@ -126,6 +126,41 @@ def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
                         judge=only_full) == full
 
 
+def test_char_judge_accepts_by_the_style_judge(vae):
+    from textvae.api import JUDGE_THRESHOLD
+    from textvae.style import judge_for
+
+    judge = judge_for(vae)  # the tiny run's config points at the tiny training file
+    assert judge.features == "char"
+    out = vae.transfer(SENTENCES, "kjv", "web", method="closest", candidates=2, samples=2, judge="char")
+    z, _ = vae.encode(SENTENCES)
+    from textvae import latent
+
+    full = vae.decode(latent.transfer_mean_diff(z, vae.attributes.vector("kjv"), vae.attributes.vector("web"), 3.0))
+    probs = judge.prob(out, "web").tolist()
+    for o, f, p in zip(out, full, probs):
+        assert p >= JUDGE_THRESHOLD or o == f  # accepted, or the fallback when nothing was
+
+
+def test_auto_judge_falls_back_to_the_latent_midpoint_without_data(vae, caplog):
+    import dataclasses
+
+    config = dataclasses.replace(vae.config, data=dataclasses.replace(vae.config.data, train="no/such/train.jsonl"))
+    blind = TextVAE(vae.model, vae.tokenizer, config, vae.meta, path=None)
+    blind.attributes = vae.attributes
+    kw = dict(method="closest", candidates=2, samples=1)
+    with caplog.at_level("WARNING", logger="textvae"):
+        auto = blind.transfer(SENTENCES, "kjv", "web", judge="auto", **kw)
+    assert "latent midpoint" in caplog.text
+    assert auto == blind.transfer(SENTENCES, "kjv", "web", judge="latent", **kw)
+    from textvae.errors import DataError
+
+    with pytest.raises(DataError):
+        blind.transfer(SENTENCES, "kjv", "web", judge="char", **kw)
+    with pytest.raises(InputError, match="auto, char, latent, classifier"):
+        blind.transfer(SENTENCES, "kjv", "web", judge="oracle", **kw)
+
+
 def test_closest_is_reproducible_and_rejects_negative_samples(vae):
     a = vae.transfer(SENTENCES, "kjv", "web", method="closest", seed=3)
     assert a == vae.transfer(SENTENCES, "kjv", "web", method="closest", seed=3)

@@ -133,7 +133,7 @@ def test_version_and_help(run_cli):
 def test_transfer_help_names_the_api_defaults(run_cli, command):
     """The help text states the defaults by hand (the parser does not import torch): keep it in
     step with the constants that the API uses."""
-    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_TRANSFER, SEARCH_CANDIDATES
+    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_JUDGE, DEFAULT_TRANSFER, JUDGES, SEARCH_CANDIDATES
 
     rc, out, _ = run_cli(command, "--help")
     text = " ".join(out.split())  # argparse wraps lines
@@ -142,6 +142,8 @@ def test_transfer_help_names_the_api_defaults(run_cli, command):
     assert f"(default {CLOSEST_SAMPLES})" in text
     assert f"(default {SEARCH_CANDIDATES}:" in text
     assert f"closest ({DEFAULT_ALPHA['closest']:g})" in text and f"search ({DEFAULT_ALPHA['search']:g})" in text
+    assert f"(default: {DEFAULT_JUDGE})" in text
+    assert f"--judge {{{','.join(JUDGES)}}}" in text
 
 
 # --------------------------------------------------------------------------- bad input: exit 2, one line

@@ -40,6 +40,27 @@ def test_features_are_deterministic_and_normalised():
     assert float((first**2).sum()) == pytest.approx(1.0)  # unit L2 norm per sentence
 
 
+def test_char_ngrams_cover_the_text_with_markers():
+    grams = style.char_ngrams("Amen.")
+    assert "\x02A" in grams and ".\x03" in grams and "men." in grams
+    assert len(grams) == 6 + 5 + 4  # 2-, 3- and 4-grams of the 7 marked characters
+    idx, off, w = style.featurize(["Amen."], 1 << 10, "char")
+    assert float((w**2).sum()) == pytest.approx(1.0)
+    with pytest.raises(Exception, match="unknown classifier features"):
+        style.train_classifier(["a b", "c d"], ["x", "y"], features="morse")
+
+
+def test_char_judge_learns_style_and_differs_from_the_scorer(clf, tiny_rows):
+    train, valid = tiny_rows
+    judge = style.train_classifier([r["text"] for r in train], [r["label"] for r in train], buckets=1 << 14,
+                                   seed=1, features="char")
+    assert judge.features == "char" and "character" in judge.info["model"]
+    acc = judge.accuracy([r["text"] for r in valid], [r["label"] for r in valid])
+    assert acc >= 0.7, acc
+    text = ["And he said unto them, Go ye."]
+    assert not torch.allclose(judge.predict_proba(text), clf.predict_proba(text))
+
+
 def test_classifier_beats_chance_clearly_on_tiny(clf, tiny_rows):
     _, valid = tiny_rows
     assert clf.labels == ["kjv", "web"]
@@ -78,6 +99,18 @@ def test_classifier_is_cached_in_the_checkpoint_and_keyed(copy_run, monkeypatch)
     assert torch.equal(cached.weight, first.weight) and cached.labels == first.labels
     with pytest.raises(AssertionError, match="retrained"):
         style.classifier_for(vae, buckets=1 << 12, seed=5)  # another key: the cache is stale
+
+
+def test_judge_is_cached_apart_from_the_scorer(copy_run):
+    vae = TextVAE.from_pretrained(copy_run())
+    scorer = style.classifier_for(vae, buckets=1 << 12)
+    judge = style.judge_for(vae)
+    assert (vae.path / style.JUDGE).is_file() and (vae.path / style.JUDGE_INFO).is_file()
+    assert judge.features == "char" and scorer.features == "word"
+    assert 0.5 < judge.info["heldout_accuracy"] <= 1.0
+    again = style.judge_for(vae)
+    assert torch.equal(again.weight, judge.weight) and again.features == "char"
+    assert torch.equal(style.classifier_for(vae, buckets=1 << 12).weight, scorer.weight)  # scorer's cache kept
 
 
 def test_scores_of_the_copy_and_of_a_perfect_system(clf, tiny_rows):

@@ -526,15 +526,15 @@ def _read_sentences(path: str | None, keep_empty: bool = False) -> list[str]:
 def _load_texts(source: str, split: str, text_column: str, min_words: int, max_words: int, limit: int = 0,
                 keep_empty: bool = False) -> list[str]:
     """Cleaned texts of a data file or hub split (the training pipeline's cleaning rules)."""
-    from textvae.data import clean, load_split, normalise_text
+    from textvae.data import clean, column, load_split, normalise_text
 
     ds = load_split(source, split, text_column)
     if keep_empty:
-        texts = [normalise_text(t if isinstance(t, str) else "") for t in ds[text_column]]
+        texts = [normalise_text(t if isinstance(t, str) else "") for t in column(ds, text_column)]
     else:
         ds, report = clean(ds, text_column, min_words, max_words)
         log.info("%s: %s", source, report)
-        texts = list(ds["text"])
+        texts = column(ds, "text")
     if limit:
         texts = texts[:limit]
     if not texts:
@@ -665,10 +665,13 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=None,
                    help="search, closest: strengths tried per sentence (default 4: alpha/4, alpha/2, 3 alpha/4, alpha)")
     p.add_argument("--samples", type=int, default=None,
-                   help="closest: sampled decodes per strength besides the --strategy one (default 10)")
-    p.add_argument("--judge", choices=("latent", "classifier"), default="latent",
-                   help="search, closest: accept an output when its re-encoded code is past the midpoint of the "
-                        "two attribute vectors (latent, default) or when the style classifier says so (classifier)")
+                   help="closest: sampled decodes per strength besides the --strategy one (default 20)")
+    p.add_argument("--judge", choices=("auto", "char", "latent", "classifier"), default="auto",
+                   help="search, closest: how an output is accepted as the target style. char: a character n-gram "
+                        "style judge trained on the config's training data (not the scorer); latent: its "
+                        "re-encoded code is past the midpoint of the two attribute vectors (needs no data); "
+                        "auto: char when the training data or a cached judge is at hand, else latent "
+                        "(default: auto); classifier: the scoring classifier itself (optimistic)")
 
 
 def _add_transfer(p: argparse.ArgumentParser) -> None:

@@ -341,6 +341,12 @@ class Corpus:
         return collate([self.ids[i] for i in indices], tok, lab)
 
 
+def column(ds, name: str) -> list:
+    """A dataset column as a Python list, read in one slice (iterating a ``datasets`` column
+    reads it one row at a time)."""
+    return ds[name][:]
+
+
 def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text_column: str = "text",
                   label_column: Optional[str] = None, min_words: int = 1, max_words: int = 0,
                   label_names: Optional[list[str]] = None, num_proc: int = 1, name: str = "train") -> tuple[Corpus, list[str]]:
@@ -353,7 +359,7 @@ def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text
         raise DataError(f"{source}: no sentences left after cleaning ({report}; {too_many} longer than {max_tokens} tokens)")
     labels = None
     if label_column:
-        raw = ds["label"]
+        raw = column(ds, "label")
         if any(v is None or v == "" for v in raw):
             raise DataError(f"{source}: some rows have an empty {label_column!r} label")
         if label_names is None:
@@ -363,7 +369,7 @@ def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text
         if unknown:
             raise DataError(f"{source}: unknown label {unknown[0]!r}; known labels: {', '.join(label_names)}")
         labels = [index[v] for v in raw]
-    return Corpus(list(ds["text"]), [list(x) for x in ds["ids"]], labels), (label_names or [])
+    return Corpus(column(ds, "text"), column(ds, "ids"), labels), (label_names or [])
 
 
 def read_training_texts(source: str, split: str, text_column: str, min_words: int, max_words: int) -> list[str]:
@@ -372,4 +378,4 @@ def read_training_texts(source: str, split: str, text_column: str, min_words: in
     ds, report = clean(ds, text_column, min_words, max_words)
     if len(ds) == 0:
         raise DataError(f"{source}: no sentences left after cleaning ({report})")
-    return list(ds["text"])
+    return column(ds, "text")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("textvae")
 
 CLASSIFIER, CLASSIFIER_INFO = "style_classifier.safetensors", "style_classifier.json"
+JUDGE, JUDGE_INFO = "style_judge.safetensors", "style_judge.json"
 FEATURES_VERSION = 1  # bump when featurisation changes: cached classifiers are then retrained
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -53,7 +54,18 @@ def ngrams(text: str) -> list[str]:
     return words + [f"{a}\x1f{b}" for a, b in zip(padded, padded[1:])]
 
 
-def featurize(texts: Sequence[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def char_ngrams(text: str) -> list[str]:
+    """Character 2-, 3- and 4-grams, with start and end markers: the features of the transfer
+    judge, chosen to differ from the scorer's word n-grams (see :func:`judge_for`)."""
+    t = f"\x02{text}\x03"
+    return [t[i : i + n] for n in (2, 3, 4) for i in range(len(t) - n + 1)]
+
+
+FEATURES = {"word": ngrams, "char": char_ngrams}
+
+
+def featurize(texts: Sequence[str], buckets: int, features: str = "word"
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hashed, L2-normalised binary n-gram features in ``nn.EmbeddingBag`` form.
 
     crc32 (not Python's salted ``hash``) makes the bucket of an n-gram the same in every process.
@@ -62,11 +74,12 @@ def featurize(texts: Sequence[str], buckets: int) -> tuple[torch.Tensor, torch.T
         indices (M,), offsets (N,), per_sample_weights (M,): row i owns
         indices[offsets[i]:offsets[i+1]], each weighted 1/sqrt(its number of features).
     """
+    grams = FEATURES[features]
     indices: list[int] = []
     weights: list[float] = []
     offsets: list[int] = []
     for text in texts:
-        feats = sorted({zlib.crc32(g.encode("utf-8")) % buckets for g in ngrams(text)})
+        feats = sorted({zlib.crc32(g.encode("utf-8")) % buckets for g in grams(text)})
         offsets.append(len(indices))
         indices += feats
         weights += [1.0 / math.sqrt(len(feats))] * len(feats) if feats else []
@@ -85,6 +98,7 @@ class StyleClassifier:
     weight: torch.Tensor  # (F, K) one row per feature bucket
     bias: torch.Tensor  # (K,)
     info: dict[str, Any] = field(default_factory=dict)
+    features: str = "word"  # a key of FEATURES
 
     @property
     def buckets(self) -> int:
@@ -95,7 +109,7 @@ class StyleClassifier:
         """(N, K) logits."""
         out = []
         for start in range(0, len(texts), batch_size):
-            idx, off, w = featurize(texts[start : start + batch_size], self.buckets)
+            idx, off, w = featurize(texts[start : start + batch_size], self.buckets, self.features)
             out.append(torch.nn.functional.embedding_bag(idx, self.weight, off, mode="sum", per_sample_weights=w)
                        + self.bias)
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
@@ -120,7 +134,7 @@ class StyleClassifier:
 
 
 def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int = 1 << 18, epochs: int = 3,
-                     batch_size: int = 64, lr: float = 0.2, seed: int = 0) -> StyleClassifier:
+                     batch_size: int = 64, lr: float = 0.2, seed: int = 0, features: str = "word") -> StyleClassifier:
     """Fit softmax regression by minibatch Adagrad (Duchi et al. 2011) on sparse gradients:
     each step reads and updates only the feature rows in its batch, so an epoch over 50k
     sentences takes a second or two on a CPU. Deterministic for ``seed``.
@@ -130,7 +144,10 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int =
         buckets: hashed feature space size F.
         epochs, batch_size, lr: optimisation (no explicit penalty: a few epochs from zero
             weights keep them small).
+        features: 'word' (uni+bigrams, the scorer's) or 'char' (2-4-grams, the transfer judge's).
     """
+    if features not in FEATURES:
+        raise InputError(f"unknown classifier features {features!r}; use one of {', '.join(FEATURES)}")
     names = sorted(set(labels))
     if len(names) < 2:
         raise DataError(f"a style classifier needs at least two labels; the data has {names}")
@@ -141,7 +158,7 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int =
     weight, bias = torch.zeros(buckets, K), torch.zeros(K)
     sq_w, sq_b = torch.zeros(buckets, K), torch.zeros(K)  # Adagrad's sums of squared gradients
     eps = 1e-10
-    idx, off, w = featurize(texts, buckets)
+    idx, off, w = featurize(texts, buckets, features)
     lengths = torch.diff(torch.cat([off, torch.tensor([len(idx)])]))
     for _ in range(epochs):
         for batch in torch.randperm(len(texts), generator=g).split(batch_size):
@@ -163,9 +180,10 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int =
             grad_b = grad_logits.sum(0)
             sq_b += grad_b**2
             bias -= lr * grad_b / (sq_b.sqrt() + eps)
-    clf = StyleClassifier(names, weight, bias)
-    clf.info = {"model": "softmax regression on hashed word uni+bigrams (L2-normalised binary features)",
-                "buckets": buckets, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+    clf = StyleClassifier(names, weight, bias, features=features)
+    what = "word uni+bigrams" if features == "word" else "character 2-4-grams"
+    clf.info = {"model": f"softmax regression on hashed {what} (L2-normalised binary features)",
+                "features": features, "buckets": buckets, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "train_sentences": len(texts), "train_accuracy": clf.accuracy(texts, labels)}
     return clf
 
@@ -177,14 +195,14 @@ def read_labelled(source: str, text_column: str, label_column: str, split: str =
                   max_words: int = 0, id_column: Optional[str] = None) -> list[dict[str, Any]]:
     """Rows {text, label, id?, row} of a labelled file, cleaned as for training: whitespace
     normalised, empty rows dropped, word-count filters applied. ``row`` is the position in the file."""
-    from textvae.data import load_split, normalise_text
+    from textvae.data import column, load_split, normalise_text
 
     ds = load_split(source, split, text_column, label_column)
     if id_column is not None and id_column not in ds.column_names:
         raise DataError(f"{source}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
-    ids = ds[id_column] if id_column else [None] * len(ds)
+    ids = column(ds, id_column) if id_column else [None] * len(ds)
     rows = []
-    for i, (text, label, key) in enumerate(zip(ds[text_column], ds[label_column], ids)):
+    for i, (text, label, key) in enumerate(zip(column(ds, text_column), column(ds, label_column), ids)):
         text = normalise_text(text if isinstance(text, str) else None)
         words = len(text.split())
         if not text or label is None or words < min_words or (max_words and words > max_words):
@@ -208,7 +226,7 @@ def transfer_inputs(data: str, source_label: str, text_column: str, label_column
     Returns:
         (sources, references or None), at most ``limit`` of each (0: all).
     """
-    from textvae.data import load_split, normalise_text
+    from textvae.data import column, load_split, normalise_text
 
     rows = [r for r in read_labelled(data, text_column, label_column, split, min_words, max_words, id_column)
             if r["label"] == source_label]
@@ -219,11 +237,11 @@ def transfer_inputs(data: str, source_label: str, text_column: str, label_column
         if not refs_column:
             raise InputError("references need the name of their column")
         ds = load_split(refs, "train", refs_column)
-        texts = [normalise_text(t if isinstance(t, str) else None) for t in ds[refs_column]]
+        texts = [normalise_text(t if isinstance(t, str) else None) for t in column(ds, refs_column)]
         if id_column:
             if id_column not in ds.column_names:
                 raise DataError(f"{refs}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
-            by_id = {str(k): t for k, t in zip(ds[id_column], texts)}
+            by_id = {str(k): t for k, t in zip(column(ds, id_column), texts)}
             kept = [r for r in rows if str(r["id"]) in by_id]
             if len(kept) < len(rows):
                 log.warning("%d inputs have no reference with the same %s; they are left out",
@@ -263,55 +281,68 @@ def _file_key(source: str) -> str:
 # --------------------------------------------------------------------------- cached per checkpoint
 
 
+def _file_names(features: str) -> tuple[str, str]:
+    """(weights, info) file names: the scorer uses word features, the transfer judge char ones."""
+    return (CLASSIFIER, CLASSIFIER_INFO) if features == "word" else (JUDGE, JUDGE_INFO)
+
+
 def classifier_files(clf: StyleClassifier) -> dict[str, bytes]:
     from safetensors.torch import save
 
+    weights, info_name = _file_names(clf.features)
     tensors = save({"weight": clf.weight.contiguous(), "bias": clf.bias.contiguous()})
     info = {**clf.info, "labels": clf.labels, "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
-    return {CLASSIFIER: tensors, CLASSIFIER_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
+    return {weights: tensors, info_name: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
 
 
-def _load_cached(folder: Path, key: dict[str, Any]) -> Optional[StyleClassifier]:
+def _load_cached(folder: Path, key: dict[str, Any], features: str) -> Optional[StyleClassifier]:
     from safetensors.torch import load
 
+    weights, info_name = _file_names(features)
     try:
-        info = json.loads((folder / CLASSIFIER_INFO).read_text(encoding="utf-8"))
+        info = json.loads((folder / info_name).read_text(encoding="utf-8"))
         if info.get("key") != key:
-            log.info("cached style classifier is stale (other data or settings): retraining")
+            log.info("cached %s is stale (other data or settings): retraining", info_name)
             return None
-        raw = (folder / CLASSIFIER).read_bytes()
+        raw = (folder / weights).read_bytes()
         if info.get("tensors_sha256") != hashlib.sha256(raw).hexdigest():
             return None
         t = load(raw)
-        return StyleClassifier(list(info["labels"]), t["weight"], t["bias"], info)
+        return StyleClassifier(list(info["labels"]), t["weight"], t["bias"], info, features)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refresh: bool = False) -> StyleClassifier:
+def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refresh: bool = False,
+                   features: str = "word") -> StyleClassifier:
     """The style classifier of a checkpoint: trained on its config's training file and label
     column, scored on its validation file, cached in its folder.
 
     Args:
         vae: the loaded model (only its config, metadata and folder are used).
         refresh: retrain even when a valid cache exists.
+        features: 'word' for the scorer of transfers; 'char' for the judge of :func:`judge_for`.
     """
     dc = vae.config.data
+    what = "style classifier" if features == "word" else "style judge"
     label_column = vae.meta.get("label_column") or dc.label_column
     if not label_column:
-        raise DataError("the checkpoint's config has no data.label_column, so there is nothing to train a "
-                        "style classifier on")
+        raise DataError(f"the checkpoint's config has no data.label_column, so there is nothing to train a "
+                        f"{what} on")
     key = {"features": FEATURES_VERSION, "train": dc.train, "train_split": dc.train_split,
            "train_data": _file_key(dc.train), "text_column": dc.text_column, "label_column": label_column,
            "buckets": buckets, "seed": seed}
+    if features != "word":
+        key["kind"] = features
     folder = vae.path
     if folder is not None and not refresh:
-        cached = _load_cached(folder, key)
+        cached = _load_cached(folder, key, features)
         if cached is not None:
             return cached
-    log.info("training the style classifier on %s (column %r)", dc.train, label_column)
+    log.info("training the %s on %s (column %r)", what, dc.train, label_column)
     rows = read_labelled(dc.train, dc.text_column, label_column, dc.train_split)
-    clf = train_classifier([r["text"] for r in rows], [r["label"] for r in rows], buckets=buckets, seed=seed)
+    clf = train_classifier([r["text"] for r in rows], [r["label"] for r in rows], buckets=buckets, seed=seed,
+                           features=features)
     clf.info["key"] = key
     clf.info["train_file"] = dc.train
     if dc.valid:
@@ -320,13 +351,22 @@ def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refres
         clf.info["heldout_file"] = dc.valid
         clf.info["heldout_sentences"] = len(known)
         clf.info["heldout_accuracy"] = clf.accuracy([r["text"] for r in known], [r["label"] for r in known])
-    log.info("style classifier: held-out accuracy %s on %s", _pct(clf.info.get("heldout_accuracy")), dc.valid)
+    log.info("%s: held-out accuracy %s on %s", what, _pct(clf.info.get("heldout_accuracy")), dc.valid)
     if folder is not None:
         try:
             ckpt.write_files(folder, classifier_files(clf))
         except OSError as e:
-            log.warning("could not cache the style classifier in %s: %s", folder, e)
+            log.warning("could not cache the %s in %s: %s", what, folder, e)
     return clf
+
+
+def judge_for(vae: "TextVAE", refresh: bool = False) -> StyleClassifier:
+    """The judge of the 'closest' and 'search' transfers (``judge='char'``): a second classifier
+    on the same training data, with character 2-4-grams and another seed, cached as
+    ``style_judge.safetensors``. It is not the scorer (word n-grams, :func:`classifier_for`), so
+    a transfer chosen by the judge is still scored by a model that did not choose it; both learn
+    from the same labelled sentences, so they share that data's view of each style."""
+    return classifier_for(vae, seed=1, refresh=refresh, features="char")
 
 
 # --------------------------------------------------------------------------- transfer scores
@@ -376,7 +416,7 @@ def score_transfer(outputs: Sequence[str], sources: Sequence[str], target: str, 
 def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[str], source: str, target: str,
                       refs: Optional[Sequence[str]] = None, method: Optional[str] = None, alpha: Optional[float] = None,
                       sweep: Sequence[float] = (), methods: Sequence[str] = (), seed: int = 0,
-                      strategy: str = "greedy", candidates: Optional[int] = None, judge: str = "latent",
+                      strategy: str = "greedy", candidates: Optional[int] = None, judge: Optional[str] = None,
                       no_repeat_ngram: int = 0, samples: Optional[int] = None) -> dict[str, Any]:
     """Transfer ``sources`` and score them against the copy baseline (and the references).
 
@@ -388,15 +428,17 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
         method, alpha: the transfer to report (defaults of :meth:`TextVAE.transfer`).
         sweep: strengths to also report, for each of ``methods`` (default: ``method``); a method
             'search:classifier' or 'closest:latent' names the judge too.
-        judge: how 'search' and 'closest' accept a candidate (see :meth:`TextVAE.transfer`).
+        judge: how 'search' and 'closest' accept a candidate (default ``DEFAULT_JUDGE``; see
+            :meth:`TextVAE.transfer`).
         samples: sampled decodes per strength of 'closest' (default ``CLOSEST_SAMPLES``).
         no_repeat_ngram: decoding option of :func:`textvae.generate.decode` (0: off).
     Returns:
         {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
         "gm_ref", "mean_alpha"}...], "examples": [...], "signature": sacrebleu's, ...}
     """
-    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_TRANSFER, SEARCH_CANDIDATES
+    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_JUDGE, DEFAULT_TRANSFER, JUDGES, SEARCH_CANDIDATES
 
+    judge = judge or DEFAULT_JUDGE
     for label in (source, target):
         vae.require_attributes().index(label)
         if label not in clf.labels:
@@ -404,7 +446,7 @@ def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[st
     method = method or DEFAULT_TRANSFER
     for m in [method, *methods]:
         name, _, how = m.partition(":")
-        if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in ("latent", "classifier"))):
+        if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in JUDGES)):
             raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search or closest "
                              f"(search and closest may name their judge: search:latent, closest:classifier...)")
     alpha = DEFAULT_ALPHA[method.partition(":")[0]] if alpha is None else alpha

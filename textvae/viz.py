@@ -379,7 +379,7 @@ def load_labelled(source: str, vae, text_column: Optional[str] = None, label_col
     """
     import random
 
-    from textvae.data import clean, load_split
+    from textvae.data import clean, column, load_split
 
     dc = vae.config.data
     text_column = text_column or dc.text_column
@@ -394,8 +394,8 @@ def load_labelled(source: str, vae, text_column: Optional[str] = None, label_col
         label_column = None
     ds, report = clean(ds, text_column, dc.min_words, dc.max_words, label_column)
     log.info("%s: %s", source, report)
-    texts = list(ds["text"])
-    labels = [str(v) for v in ds["label"]] if label_column else None
+    texts = column(ds, "text")
+    labels = [str(v) for v in column(ds, "label")] if label_column else None
     if not texts:
         raise DataError(f"{source}: no sentences left after cleaning ({report})")
     if labels is not None and any(v in ("", "None") for v in labels):
