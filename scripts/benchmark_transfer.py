@@ -9,6 +9,7 @@ references themselves, and a sweep of strengths for every method. Everything is 
 
     python scripts/benchmark_transfer.py --checkpoint runs/default                 # test books
     python scripts/benchmark_transfer.py --checkpoint runs/default --limit 100     # a quick run
+    python scripts/benchmark_transfer.py --checkpoint runs/default --jobs 2        # both directions at once
     python scripts/benchmark_transfer.py --checkpoint runs/default --split valid \\
         --out docs/transfer_methods_valid.md                                      # choosing a method
 
@@ -44,34 +45,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=5, help="example transfers per direction in the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run the two directions in this many processes, one torch thread each (default 1: in "
+                        "turn, with torch's default threads)")
     p.add_argument("--out", help="markdown file (default: docs/benchmark_transfer.md, or "
                                  "docs/transfer_methods_valid.md for --split valid)")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the bundled data paths (and the checkpoint config's) are relative to the repository
 
     from textvae import TextVAE
-    from textvae.api import CLOSEST_SAMPLES, SEARCH_CANDIDATES
+    from textvae.api import CLOSEST_SAMPLES, DEFAULT_JUDGE, JUDGE_THRESHOLD, SEARCH_CANDIDATES
     from textvae.errors import TextVAEError
-    from textvae.style import classifier_for, evaluate_transfer, format_transfer_table, transfer_inputs
+    from textvae.style import classifier_for, format_transfer_table, judge_for
 
     out = Path(args.out or ("docs/benchmark_transfer.md" if args.split == "test" else "docs/transfer_methods_valid.md"))
     data, parallel = FILES[args.split]
     try:
         vae = TextVAE.from_pretrained(args.checkpoint, device=args.device)
         dc = vae.config.data
-        clf = classifier_for(vae, seed=args.seed)
-        sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        reports = []
-        for source, target in DIRECTIONS:
-            t0 = time.perf_counter()
-            sources, refs = transfer_inputs(data, source, dc.text_column, "style", dc.min_words, dc.max_words,
-                                            refs=parallel, refs_column=target, id_column="id", limit=args.limit)
-            r = evaluate_transfer(vae, clf, sources, source, target, refs=refs, method=args.method, alpha=args.alpha,
-                                  sweep=sweep, methods=methods, seed=args.seed)
-            r["seconds"] = time.perf_counter() - t0
-            reports.append(r)
-            print(f"{source} -> {target}: {len(sources)} sentences in {r['seconds']:.0f} s", file=sys.stderr)
+        clf = classifier_for(vae, seed=args.seed)  # trained and cached here, before any worker needs them
+        judge = judge_for(vae)
+        task = {"checkpoint": args.checkpoint, "device": args.device, "data": data, "parallel": parallel,
+                "limit": args.limit, "method": args.method, "alpha": args.alpha, "seed": args.seed,
+                "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
+                "methods": [m.strip() for m in args.methods.split(",") if m.strip()]}
+        if args.jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(args.jobs, len(DIRECTIONS)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_one_thread) as pool:
+                reports = list(pool.map(_direction, [task] * len(DIRECTIONS), DIRECTIONS))
+        else:
+            reports = [_direction(task, d) for d in DIRECTIONS]
+        for r in reports:
+            print(f"{r['source_label']} -> {r['target_label']}: {r['sentences']} sentences in {r['seconds']:.0f} s",
+                  file=sys.stderr)
     except TextVAEError as e:
         print(f"benchmark_transfer: error: {e}", file=sys.stderr)
         return 2
@@ -97,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         "references; GM: geometric mean sqrt(accuracy in % x BLEU). "
         f"`search` decodes up to {SEARCH_CANDIDATES} strengths (alpha/{SEARCH_CANDIDATES} ... alpha) on the "
         "`project` path and keeps the weakest "
-        "whose output its judge accepts (`latent`: the re-encoded output lies past the midpoint of the two "
-        "attribute vectors; `classifier`: the style classifier above, which then also scores it, so its "
-        f"accuracy is optimistic); `closest` decodes {SEARCH_CANDIDATES} strengths on the `mean-diff` path, each greedily and "
-        f"{CLOSEST_SAMPLES} times by nucleus sampling, and keeps the candidate its judge accepts with the highest sentence BLEU "
-        "against the source (none accepted: the greedy output at full strength). For both, the alpha column "
-        "shows the largest strength and the mean strength used.",
+        f"whose output its judge accepts; `closest` decodes {SEARCH_CANDIDATES} strengths on the `mean-diff` path, "
+        f"each greedily and {CLOSEST_SAMPLES} times by nucleus sampling, and keeps the candidate its judge accepts "
+        "with the highest sentence BLEU against the source (none accepted: the greedy output at full strength). "
+        "For both, the alpha column shows the largest strength and the mean strength used. "
+        f"Judge, unless the method names one: textvae's default `{DEFAULT_JUDGE}`, which is `char` here (the "
+        "training file is at hand): a second classifier that is not the scorer: "
+        f"{judge.info.get('model')}, seed {judge.info.get('seed')}, trained on the same file, held-out accuracy "
+        f"{100 * judge.info.get('heldout_accuracy', float('nan')):.1f}%; it accepts a target probability of at "
+        f"least {JUDGE_THRESHOLD:g}. `latent`: the re-encoded output lies past the midpoint of the two attribute "
+        "vectors. `classifier`: the scorer itself, so its accuracy is optimistic.",
         "",
         f"sacrebleu signature: `{reports[0]['signature']}`",
     ]
@@ -122,6 +135,31 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _direction(task: dict, direction: tuple[str, str]) -> dict:
+    """One direction's report (a function of its arguments only, so that workers can run it)."""
+    from textvae import TextVAE
+    from textvae.style import classifier_for, evaluate_transfer, transfer_inputs
+
+    os.chdir(REPO)
+    source, target = direction
+    t0 = time.perf_counter()
+    vae = TextVAE.from_pretrained(task["checkpoint"], device=task["device"])
+    dc = vae.config.data
+    clf = classifier_for(vae, seed=task["seed"])
+    sources, refs = transfer_inputs(task["data"], source, dc.text_column, "style", dc.min_words, dc.max_words,
+                                    refs=task["parallel"], refs_column=target, id_column="id", limit=task["limit"])
+    r = evaluate_transfer(vae, clf, sources, source, target, refs=refs, method=task["method"], alpha=task["alpha"],
+                          sweep=task["sweep"], methods=task["methods"], seed=task["seed"])
+    r["seconds"] = time.perf_counter() - t0
+    return r
 
 
 def _best(rows: list[dict]) -> str:
