@@ -97,6 +97,7 @@ class TextVAE:
         self.batch_size = batch_size
         self.truncated = 0  # sentences cut to the model's length limit by the last encode()
         self.warn_truncation = True  # log a warning when encode() truncates
+        self._style_judge = None  # the 'char' judge, loaded (or trained) on first use
 
     # ------------------------------------------------------------------ files
 
@@ -394,7 +395,7 @@ class TextVAE:
             from textvae.style import judge_for
 
             try:
-                clf = judge_for(self)
+                clf = self._style_judge = self._style_judge or judge_for(self)
                 clf.prob([], target_label)  # a label the judge does not know fails here, not on a candidate
             except (DataError, InputError, OSError) as e:
                 if judge == "char":

@@ -61,7 +61,10 @@ def char_ngrams(text: str) -> list[str]:
     return [t[i : i + n] for n in (2, 3, 4) for i in range(len(t) - n + 1)]
 
 
-FEATURES = {"word": ngrams, "char": char_ngrams}
+FEATURES = {"word": (ngrams, "word uni+bigrams"), "char": (char_ngrams, "character 2-4-grams")}
+"""Feature kinds: n-gram function and description."""
+_ROLES = {"word": ("style classifier", CLASSIFIER, CLASSIFIER_INFO), "char": ("style judge", JUDGE, JUDGE_INFO)}
+"""Per feature kind: what the classifier is for, and its (weights, info) files in a checkpoint."""
 
 
 def featurize(texts: Sequence[str], buckets: int, features: str = "word"
@@ -74,7 +77,7 @@ def featurize(texts: Sequence[str], buckets: int, features: str = "word"
         indices (M,), offsets (N,), per_sample_weights (M,): row i owns
         indices[offsets[i]:offsets[i+1]], each weighted 1/sqrt(its number of features).
     """
-    grams = FEATURES[features]
+    grams = FEATURES[features][0]
     indices: list[int] = []
     weights: list[float] = []
     offsets: list[int] = []
@@ -181,8 +184,7 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int =
             sq_b += grad_b**2
             bias -= lr * grad_b / (sq_b.sqrt() + eps)
     clf = StyleClassifier(names, weight, bias, features=features)
-    what = "word uni+bigrams" if features == "word" else "character 2-4-grams"
-    clf.info = {"model": f"softmax regression on hashed {what} (L2-normalised binary features)",
+    clf.info = {"model": f"softmax regression on hashed {FEATURES[features][1]} (L2-normalised binary features)",
                 "features": features, "buckets": buckets, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "train_sentences": len(texts), "train_accuracy": clf.accuracy(texts, labels)}
     return clf
@@ -281,15 +283,10 @@ def _file_key(source: str) -> str:
 # --------------------------------------------------------------------------- cached per checkpoint
 
 
-def _file_names(features: str) -> tuple[str, str]:
-    """(weights, info) file names: the scorer uses word features, the transfer judge char ones."""
-    return (CLASSIFIER, CLASSIFIER_INFO) if features == "word" else (JUDGE, JUDGE_INFO)
-
-
 def classifier_files(clf: StyleClassifier) -> dict[str, bytes]:
     from safetensors.torch import save
 
-    weights, info_name = _file_names(clf.features)
+    _, weights, info_name = _ROLES[clf.features]
     tensors = save({"weight": clf.weight.contiguous(), "bias": clf.bias.contiguous()})
     info = {**clf.info, "labels": clf.labels, "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
     return {weights: tensors, info_name: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
@@ -298,7 +295,7 @@ def classifier_files(clf: StyleClassifier) -> dict[str, bytes]:
 def _load_cached(folder: Path, key: dict[str, Any], features: str) -> Optional[StyleClassifier]:
     from safetensors.torch import load
 
-    weights, info_name = _file_names(features)
+    _, weights, info_name = _ROLES[features]
     try:
         info = json.loads((folder / info_name).read_text(encoding="utf-8"))
         if info.get("key") != key:
@@ -324,7 +321,7 @@ def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refres
         features: 'word' for the scorer of transfers; 'char' for the judge of :func:`judge_for`.
     """
     dc = vae.config.data
-    what = "style classifier" if features == "word" else "style judge"
+    what = _ROLES[features][0]
     label_column = vae.meta.get("label_column") or dc.label_column
     if not label_column:
         raise DataError(f"the checkpoint's config has no data.label_column, so there is nothing to train a "
