@@ -26,7 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from textvae.checkpoint import load_pretrained  # noqa: E402
-from textvae.cli import _load_texts, _read_sentences  # noqa: E402
+from textvae.data import load_texts, read_sentences  # noqa: E402
 from textvae.config import load_config  # noqa: E402
 from textvae.evaluate import auroc, evaluate_model, iw_nll, prepare_ids  # noqa: E402
 from textvae.train import train  # noqa: E402
@@ -59,15 +59,15 @@ def main() -> int:
         train_s = time.perf_counter() - t0
         loaded = load_pretrained(run)
         dc = loaded.config.data
-        texts = _load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words, args.limit)
-        train_texts = _load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
+        texts = load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words, args.limit)
+        train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
         t0 = time.perf_counter()
         report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=args.iw_samples,
                                 training_texts=train_texts)
         eval_s = time.perf_counter() - t0
         # Anomaly detection: in-domain held-out sentences should get lower NLL per token
         # than out-of-domain ones; AUROC = P(score(in) < score(out)).
-        ood = _read_sentences(args.ood)
+        ood = read_sentences(args.ood)
         scores = {}
         for split, sents in (("in", texts), ("ood", ood)):
             ids, _ = prepare_ids(loaded.tokenizer, sents, loaded.config.model.max_len)

@@ -5,7 +5,7 @@ checkpoint's own data filters (data.min_words..data.max_words words), the refere
 same verses in the target style (data/bible/*_parallel.jsonl.gz, joined on the verse id), and
 the report compares the default transfer with the copy baseline (output = input), the
 references themselves, and a sweep of strengths for every method. Everything is computed by
-``textvae.style.evaluate_transfer``, the function behind ``textvae evaluate-transfer``.
+``textvae.transfer.evaluate_checkpoint``, the function behind ``textvae evaluate-transfer``.
 
     python scripts/benchmark_transfer.py --checkpoint runs/default                 # test books
     python scripts/benchmark_transfer.py --checkpoint runs/default --limit 100     # a quick run
@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # the bundled data paths (and the checkpoint config's) are relative to the repository
 
     from textvae import TextVAE
-    from textvae.api import CLOSEST_SAMPLES, DEFAULT_JUDGE, JUDGE_THRESHOLD, SEARCH_CANDIDATES
     from textvae.errors import TextVAEError
+    from textvae.files import atomic_write
     from textvae.style import classifier_for, format_transfer_table, judge_for
+    from textvae.transfer import CLOSEST_SAMPLES, DEFAULT_JUDGE, JUDGE_THRESHOLD, SEARCH_CANDIDATES
 
     out = Path(args.out or ("docs/benchmark_transfer.md" if args.split == "test" else "docs/transfer_methods_valid.md"))
     data, parallel = FILES[args.split]
@@ -128,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in r["examples"][: args.examples]:
             lines += [f"- source: {e['source']}", f"  - output: {e['output']}", f"  - reference: {e['reference']}"]
     text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, text)
     print(text)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -146,18 +144,16 @@ def _one_thread() -> None:
 def _direction(task: dict, direction: tuple[str, str]) -> dict:
     """One direction's report (a function of its arguments only, so that workers can run it)."""
     from textvae import TextVAE
-    from textvae.style import classifier_for, evaluate_transfer, transfer_inputs
+    from textvae.transfer import DEFAULT_METHOD, Options, evaluate_checkpoint
 
     os.chdir(REPO)
     source, target = direction
     t0 = time.perf_counter()
     vae = TextVAE.from_pretrained(task["checkpoint"], device=task["device"])
-    dc = vae.config.data
-    clf = classifier_for(vae, seed=task["seed"])
-    sources, refs = transfer_inputs(task["data"], source, dc.text_column, "style", dc.min_words, dc.max_words,
-                                    refs=task["parallel"], refs_column=target, id_column="id", limit=task["limit"])
-    r = evaluate_transfer(vae, clf, sources, source, target, refs=refs, method=task["method"], alpha=task["alpha"],
-                          sweep=task["sweep"], methods=task["methods"], seed=task["seed"])
+    opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"])
+    r = evaluate_checkpoint(vae, source, target, opts, data=task["data"], label_column="style", refs=task["parallel"],
+                            refs_column=target, id_column="id", limit=task["limit"], sweep=task["sweep"],
+                            methods=task["methods"])
     r["seconds"] = time.perf_counter() - t0
     return r
 

@@ -30,7 +30,7 @@ def vae(trained) -> TextVAE:
     model = copy.deepcopy(trained.model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in model.parameters():
+        for _, p in sorted(model.named_parameters()):
             p.add_(torch.randn(p.shape, generator=g) * 0.4)
     v = TextVAE(model, trained.tokenizer, trained.config, trained.meta, path=None)
     labels = [json.loads(line)["style"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
@@ -127,7 +127,7 @@ def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
 
 
 def test_char_judge_accepts_by_the_style_judge(vae):
-    from textvae.api import JUDGE_THRESHOLD
+    from textvae.transfer import JUDGE_THRESHOLD
     from textvae.style import judge_for
 
     judge = judge_for(vae)  # the tiny run's config points at the tiny training file

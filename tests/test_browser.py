@@ -151,7 +151,7 @@ def test_slider_walks_the_path_and_the_sentence_changes(browser, crossfade_url, 
     wait.until(lambda d: find("interp-current").text == A)
 
     # transfer: the labels come from the server; moving the alpha slider re-runs the transfer
-    from textvae.api import DEFAULT_ALPHA
+    from textvae.transfer import DEFAULT_ALPHA
     from textvae.serve import SLIDER_METHOD
 
     start = DEFAULT_ALPHA[SLIDER_METHOD]  # the slider starts at its method's default strength

@@ -91,6 +91,57 @@ def test_weights_are_safetensors_without_duplicates(trained_run):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+# Today's name prefixes -> the names the code wrote before the model's parts were classes
+# (written out here, independently of textvae.checkpoint._legacy_names, which maps them back).
+OLD_NAMES = {
+    "transformer": [(r"encoder\.pos\.", "enc_pos."), (r"decoder\.pos\.", "dec_pos."),
+                    (r"encoder\.blocks\.", "encoder."), (r"decoder\.blocks\.", "decoder."),
+                    (r"encoder\.ln\.", "enc_ln."), (r"decoder\.ln\.", "dec_ln."), (r"decoder\.z_to_", "z_to_")],
+    "gru": [(r"encoder\.pos\.", "enc_pos."), (r"encoder\.blocks\.", "encoder."), (r"encoder\.ln\.", "enc_ln."),
+            (r"decoder\.", "gru.")],
+}
+
+
+def old_names(state: dict, decoder: str) -> dict:
+    import re
+
+    out = {}
+    for k, v in state.items():
+        for pattern, old in OLD_NAMES[decoder]:
+            if re.match(pattern, k):
+                k = re.sub(pattern, old, k, count=1)
+                break
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "gru"])
+def test_weights_saved_under_the_old_parameter_names_still_load(trained, tmp_path, decoder):
+    from safetensors.torch import save_file
+
+    from textvae.config import DecoderConfig
+
+    mc = dataclasses.replace(trained.config.model, decoder=DecoderConfig(type=decoder), bow_weight=0.5)
+    config = dataclasses.replace(trained.config, model=mc)
+    torch.manual_seed(5)
+    model = SentenceVAE(mc, pad_id=trained.tokenizer.pad_id).eval()
+    path = ckpt.save_checkpoint(tmp_path / "ck", model, trained.tokenizer, config)
+    state = load_file(str(path / ckpt.WEIGHTS))
+    assert ckpt._legacy_names(state) is state  # today's names are left alone
+    old = old_names(state, decoder)
+    assert "encoder.0.attn.qkv.weight" in old and "enc_ln.weight" in old and "z_to_bow.weight" in old
+    assert ("gru.rnn.weight_hh_l0" in old) == (decoder == "gru") and ("dec_pos.weight" in old) == (decoder != "gru")
+    save_file(old, str(path / ckpt.WEIGHTS), metadata={"format": "pt"})  # as the old code saved it
+    loaded = ckpt.load_pretrained(path)
+    got = loaded.model.state_dict()
+    assert sorted(got) == sorted(model.state_dict())
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+    want = logits_on(model, trained.tokenizer, SENTENCES)
+    assert torch.equal(logits_on(loaded.model, loaded.tokenizer, SENTENCES), want)
+    again = ckpt.save_checkpoint(tmp_path / "again", loaded.model, loaded.tokenizer, loaded.config)
+    assert sorted(load_file(str(again / ckpt.WEIGHTS))) == sorted(state)  # saved again: today's names
+
+
 def test_overwrite_replaces_checkpoint(trained, tmp_path):
     path = tmp_path / "ck"
     state = {"step": 2, "epoch": 0, "position": 3, "skipped": 0, "optimizer": {}, "rng": {"cpu": torch.get_rng_state()}}

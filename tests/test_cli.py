@@ -130,20 +130,24 @@ def test_version_and_help(run_cli):
 
 
 @pytest.mark.parametrize("command", ["transfer", "evaluate-transfer"])
-def test_transfer_help_names_the_api_defaults(run_cli, command):
-    """The help text states the defaults by hand (the parser does not import torch): keep it in
-    step with the constants that the API uses."""
-    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_JUDGE, DEFAULT_TRANSFER, JUDGES, SEARCH_CANDIDATES
+def test_transfer_help_names_the_library_defaults(run_cli, command):
+    """The help text reads its defaults from textvae.transfer's constants, and the parser's
+    defaults are those constants."""
+    from textvae import cli, transfer
 
     rc, out, _ = run_cli(command, "--help")
     text = " ".join(out.split())  # argparse wraps lines
     assert rc == 0
-    assert f"(default: {DEFAULT_TRANSFER})" in text
-    assert f"(default {CLOSEST_SAMPLES})" in text
-    assert f"(default {SEARCH_CANDIDATES}:" in text
-    assert f"closest ({DEFAULT_ALPHA['closest']:g})" in text and f"search ({DEFAULT_ALPHA['search']:g})" in text
-    assert f"(default: {DEFAULT_JUDGE})" in text
-    assert f"--judge {{{','.join(JUDGES)}}}" in text
+    assert f"(default: {transfer.DEFAULT_METHOD})" in text
+    assert f"(default {transfer.CLOSEST_SAMPLES})" in text
+    assert f"(default {transfer.SEARCH_CANDIDATES}:" in text
+    for method, alpha in transfer.DEFAULT_ALPHA.items():
+        assert f"{method} {alpha:g}" in text
+    assert f"(default: {transfer.DEFAULT_JUDGE})" in text
+    assert f"--judge {{{','.join(transfer.JUDGES)}}}" in text
+    args = cli.build_parser().parse_args([command, "--checkpoint", "x", "--from", "a", "--to", "b"])
+    assert (args.method, args.candidates, args.samples, args.judge) == (
+        transfer.DEFAULT_METHOD, transfer.SEARCH_CANDIDATES, transfer.CLOSEST_SAMPLES, transfer.DEFAULT_JUDGE)
 
 
 # --------------------------------------------------------------------------- bad input: exit 2, one line
@@ -345,8 +349,8 @@ def uniform_checkpoint(trained, tmp_path):
     vocabulary, like an untrained model's (byte-level BPE: the vocabulary holds the bytes \\n and \\r)."""
     model = SentenceVAE(trained.config.model, pad_id=trained.tokenizer.pad_id)
     with torch.no_grad():
-        model.dec_ln.weight.zero_()
-        model.dec_ln.bias.zero_()
+        model.decoder.ln.weight.zero_()
+        model.decoder.ln.bias.zero_()
     return ckpt.save_checkpoint(tmp_path / "uniform", model, trained.tokenizer, trained.config)
 
 

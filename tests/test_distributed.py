@@ -62,6 +62,27 @@ def test_shard_splits_a_global_batch_evenly():
     assert sorted(sum(three, [])) == list(range(9))
 
 
+def test_loop_helpers_in_one_and_two_processes():
+    """The DDP pieces of the training step: batches cut to the world size, rank rows, no_sync, log reduction."""
+    batches = iter([(0, 1, [[1]]), (0, 2, [[1], [2], [3]]), (1, 0, [[4], [5]])])
+    two = DistInfo(1, 2)
+    assert distributed.next_global_batch(batches, two) == (0, 2, [[1], [2]])  # [[1]] is skipped, 3 cut to 2
+    assert distributed.next_global_batch(iter([(0, 1, [[1]])]), DistInfo()) == (0, 1, [[1]])
+    noise = torch.arange(6.0).reshape(6, 1)
+    assert noise[distributed.rank_rows(two)].flatten().tolist() == [1.0, 3.0, 5.0]
+    assert torch.equal(noise[distributed.rank_rows(DistInfo())], noise)
+
+    class FakeDDP:
+        def no_sync(self):
+            return "no_sync"
+
+    assert distributed.no_sync(FakeDDP(), two, sync=False) == "no_sync"
+    assert distributed.no_sync(FakeDDP(), two, sync=True) != "no_sync"
+    assert distributed.no_sync(FakeDDP(), DistInfo(), sync=False) != "no_sync"
+    means = {"loss": 1.5, "rec": 1.0}
+    assert distributed.reduce_log(means, [3, 4], DistInfo(), torch.device("cpu")) == (means, [3, 4])
+
+
 def test_from_env(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

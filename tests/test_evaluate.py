@@ -236,7 +236,7 @@ def test_lm_baseline_trains_and_evaluates(tmp_path):
     run = tmp_path / "lm"
     train(tiny_config(["model.latent_dim=0", "train.max_steps=10", "train.eval_every=0"]), run)
     loaded = load_pretrained(run)
-    assert loaded.model.is_lm and not hasattr(loaded.model, "encoder")
+    assert loaded.model.is_lm and loaded.model.encoder is None
     ids = _ids(loaded)
     a = iw_nll(loaded.model, ids, loaded.tokenizer, k=1)
     b = iw_nll(loaded.model, ids, loaded.tokenizer, k=50, seed=7)

@@ -76,9 +76,9 @@ def forced_model(token: int) -> SentenceVAE:
     with torch.no_grad():
         model.tok_emb.weight[token] = 0.0
         model.tok_emb.weight[token, 0] = 3.0
-        model.dec_ln.weight.zero_()
-        model.dec_ln.bias.zero_()
-        model.dec_ln.bias[0] = 10.0
+        model.decoder.ln.weight.zero_()
+        model.decoder.ln.bias.zero_()
+        model.decoder.ln.bias[0] = 10.0
     return model
 
 
@@ -101,7 +101,9 @@ def greedy_by_recomputation(model: SentenceVAE, z: torch.Tensor, limit: int) -> 
 
 @pytest.mark.parametrize("z_injection", INJECTIONS)
 def test_greedy_equals_full_recomputation(z_injection):
-    model = make_model(z_injection)
+    # eos_boost 2.5: of these 6 codes, 1 to 3 stop before the limit with every z injection (2.0
+    # stopped none with "memory" once the model's parameters were listed in another order)
+    model = make_model(z_injection, eos_boost=2.5)
     z = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
     out = generate.decode(model, z, BOS, EOS, "greedy", max_len=12)
     assert any(out.finished) and not all(out.finished), "want rows that stop early and rows that run on"

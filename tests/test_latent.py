@@ -9,6 +9,7 @@ import torch
 
 from helpers import small_model_config
 from textvae import latent
+from textvae.evaluate import posterior_params
 from textvae.data import collate
 from textvae.model import SentenceVAE
 
@@ -98,7 +99,7 @@ def test_attribute_vectors_of_a_tiny_model_match_a_hand_computation():
 
     ids = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [6], [7, 7, 7, 7]]
     labels = [1, 0, 1, 1, 0]
-    mu, _ = latent.posterior_means(model, ids, Tok(), batch_size=2)
+    mu, _ = posterior_params(model, ids, Tok(), batch_size=2)
     by_hand = {0: [], 1: []}
     for x, y in zip(ids, labels):
         b = collate([x], Tok())

@@ -165,24 +165,42 @@ def test_cls_and_mean_pooling_differ():
         assert not torch.allclose(mean.encode(x, m)[0], cls.encode(x, m)[0])
 
 
-def test_output_embedding_is_tied():
-    model = make_model(perturb=0.0)
-    z = torch.zeros(1, 8)
-    with torch.no_grad():
-        before, _ = model.decode(tokens(1, 3), z)
-        model.tok_emb.weight[5] += 1.0
-        after, _ = model.decode(tokens(1, 3), z)
-    # changing one embedding row changes that token's logit
-    assert not torch.allclose(before[..., 5], after[..., 5])
+@pytest.mark.parametrize("decoder", ["transformer", "gru"])
+def test_output_embedding_is_tied(decoder):
+    """The output layer is the token embedding E: logit r = h . E[r], h the decoder's final hidden
+    state. Adding delta to row r of a token absent from the input leaves h as it was, so logit r
+    moves by exactly h . delta (about |h| = sqrt(D) = 5.7 here) and no other logit moves."""
+    from textvae.config import DecoderConfig
+
+    model = make_model(perturb=0.0, decoder=DecoderConfig(type=decoder))
+    assert model.decoder._tok_emb is model.tok_emb  # the decoder holds the model's embedding, not a copy
     assert [n for n, p in model.named_parameters() if p.shape == (40, 32)] == ["tok_emb.weight"]
+    x = tokens(1, 5)
+    r = next(t for t in range(4, 40) if t not in x)
+    z = torch.zeros(1, 8)
+    hidden = []
+    hook = model.decoder.ln.register_forward_hook(lambda module, args, out: hidden.append(out))
+    with torch.no_grad():
+        before, _ = model.decode(x, z)
+        h = hidden[-1][0]  # (T, D): the states the output layer projects
+        delta = h[-1] / h[-1].norm()  # h[-1] . delta = |h[-1]|, far from orthogonal
+        model.tok_emb.weight[r] += delta
+        after, _ = model.decode(x, z)
+    hook.remove()
+    assert torch.equal(hidden[-1][0], h)  # row r is not an input: the states are the same
+    want = h @ delta  # (T,)
+    assert want[-1] > 4.0
+    torch.testing.assert_close((after - before)[0, :, r], want, rtol=0, atol=1e-4)
+    others = torch.arange(40) != r
+    assert (after - before)[0][:, others].abs().max() < 1e-5
 
 
 def test_z_injection_parameters():
-    assert hasattr(make_model(z_injection="memory"), "z_to_memory")
-    assert not hasattr(make_model(z_injection="memory"), "z_to_embedding")
-    assert hasattr(make_model(z_injection="embedding"), "z_to_embedding")
-    assert not hasattr(make_model(z_injection="embedding"), "z_to_memory")
-    both = make_model(z_injection="both")
+    assert hasattr(make_model(z_injection="memory").decoder, "z_to_memory")
+    assert not hasattr(make_model(z_injection="memory").decoder, "z_to_embedding")
+    assert hasattr(make_model(z_injection="embedding").decoder, "z_to_embedding")
+    assert not hasattr(make_model(z_injection="embedding").decoder, "z_to_memory")
+    both = make_model(z_injection="both").decoder
     assert hasattr(both, "z_to_memory") and hasattr(both, "z_to_embedding")
 
 
@@ -197,7 +215,7 @@ def test_gradients_reach_encoder():
     enc = tokens(2, 6)
     out = model(enc, torch.ones_like(enc, dtype=torch.bool), tokens(2, 5), generator=torch.Generator().manual_seed(0))
     out.logits.logsumexp(-1).sum().backward()
-    assert model.encoder[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.to_posterior.weight.grad.abs().sum() > 0
 
 
@@ -273,7 +291,7 @@ def test_z_slots_are_separate_projections_of_z():
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         cache = model.init_cache(z)
-        flat = model.z_to_memory(z).view(2, 2, 2, 3, 2, 16)  # (B, layers, k/v, slot, head, Dh)
+        flat = model.decoder.z_to_memory(z).view(2, 2, 2, 3, 2, 16)  # (B, layers, k/v, slot, head, Dh)
     for layer, (k, v) in enumerate(cache):
         assert k.shape == v.shape == (2, 2, 3, 16)  # (B, heads, slots, Dh)
         torch.testing.assert_close(k, flat[:, layer, 0].transpose(1, 2))
@@ -289,3 +307,192 @@ def test_z_slots_need_a_transformer_decoder():
         small_model_config(z_slots=0)
     with pytest.raises(ConfigError, match="z_slots > 1 needs"):
         small_model_config(z_slots=2, decoder=DecoderConfig(type="gru"))
+
+
+# --------------------------------------------------------------------------- parts and initialisation
+
+
+def _old_layout(cfg) -> torch.nn.Module:
+    """The model's layers as SentenceVAE built them before its parts were classes, under the old
+    names, initialised the old way: every Linear and Embedding in this registration order (tok_emb,
+    enc_pos, dec_pos, encoder blocks, enc_ln, to_posterior, decoder blocks, dec_ln, z_to_memory,
+    z_to_embedding | gru, z_to_bow), then the residual projections, then the logvar bias."""
+    import math
+
+    nn = torch.nn
+    from textvae.model import Block
+
+    D, L, transformer = cfg.d_model, cfg.latent_dim, cfg.decoder.type == "transformer"
+    memory = L > 0 and cfg.z_injection in ("memory", "both")
+    embedding = L > 0 and cfg.z_injection in ("embedding", "both")
+    m = nn.Module()
+    m.tok_emb = nn.Embedding(cfg.vocab_size, D)
+    if L:
+        m.enc_pos = nn.Embedding(cfg.max_len, D)
+    if transformer:
+        m.dec_pos = nn.Embedding(cfg.max_len, D)
+    if L:
+        m.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
+        m.enc_ln = nn.LayerNorm(D)
+        m.to_posterior = nn.Linear(D, 2 * L)
+    if transformer:
+        m.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
+        m.dec_ln = nn.LayerNorm(D)
+        if memory:
+            m.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers * cfg.z_slots)
+        if embedding:
+            m.z_to_embedding = nn.Linear(L, D)
+    else:
+        m.gru = nn.Module()
+        if L:
+            m.gru.z_to_hidden = nn.Linear(L, cfg.dec_layers * D)
+        m.gru.rnn = nn.GRU(D + L, D, num_layers=cfg.dec_layers, batch_first=True,
+                           dropout=cfg.dropout if cfg.dec_layers > 1 else 0.0)
+        m.gru.ln = nn.LayerNorm(D)
+    if L and cfg.bow_weight > 0:
+        m.z_to_bow = nn.Linear(L, cfg.vocab_size)
+    m.apply(SentenceVAE._init_weights)
+    for name, p in m.named_parameters():
+        if name.endswith("proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(cfg.enc_layers, cfg.dec_layers)))
+    if L:
+        with torch.no_grad():
+            m.to_posterior.bias[L:].fill_(cfg.init_logvar)
+    return m
+
+
+INIT_CASES = [dict(z_injection=i) for i in INJECTIONS] + [
+    dict(z_injection="memory", z_slots=3), dict(bow_weight=0.5), dict(latent_dim=0), dict(latent_dim=0, bow_weight=0.5),
+    dict(pooling="cls", enc_layers=3, dec_layers=1, d_ff=48, dropout=0.1, init_logvar=-3.0),
+    dict(decoder="gru"), dict(decoder="gru", bow_weight=0.5, dec_layers=3, dropout=0.1),
+    dict(decoder="gru", latent_dim=0),
+    dict(decoder="gru", z_injection="memory", enc_layers=2, dec_layers=1)]
+
+
+@pytest.mark.parametrize("case", INIT_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_a_seed_gives_the_weights_it_gave_before_the_parts_were_classes(case):
+    """The documented initialisation order (SentenceVAE._init_parameters) draws the same random
+    numbers as the old flat model: same seed, same weights, tensor for tensor under the old names."""
+    from textvae.checkpoint import _legacy_names
+    from textvae.config import DecoderConfig
+
+    case = dict(case)
+    cfg = small_model_config(decoder=DecoderConfig(type=case.pop("decoder", "transformer")), **case)
+    torch.manual_seed(7)
+    new = SentenceVAE(cfg).state_dict()
+    new_rng = torch.get_rng_state()
+    torch.manual_seed(7)
+    old = _legacy_names(_old_layout(cfg).state_dict())
+    assert sorted(old) == sorted(new)
+    for name in new:
+        assert torch.equal(new[name], old[name]), name
+    assert torch.equal(torch.get_rng_state(), new_rng)  # and the same number of draws: what follows is the same too
+
+
+def test_initialisation_is_deterministic_under_a_seed():
+    from textvae.config import DecoderConfig
+
+    for decoder in ("transformer", "gru"):
+        cfg = small_model_config(decoder=DecoderConfig(type=decoder), bow_weight=0.5)
+        states = []
+        for seed in (3, 3, 4):
+            torch.manual_seed(seed)
+            states.append(SentenceVAE(cfg).state_dict())
+        assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+        drawn = [k for k in states[0] if k.endswith("weight") and "ln" not in k]  # LayerNorm weights are ones
+        assert not any(torch.equal(states[0][k], states[2][k]) for k in drawn)
+
+
+def test_parameter_names():
+    from textvae.config import DecoderConfig
+
+    model = make_model(perturb=0.0, bow_weight=0.5)
+    names = {n.removesuffix(".weight").removesuffix(".bias") for n, _ in model.named_parameters()}
+    assert {"tok_emb", "encoder.pos", "encoder.blocks.0.attn.qkv", "encoder.ln", "to_posterior", "decoder.pos",
+            "decoder.blocks.1.mlp.proj", "decoder.ln", "decoder.z_to_memory", "decoder.z_to_embedding",
+            "z_to_bow"} <= names
+    gru_model = make_model(perturb=0.0, decoder=DecoderConfig(type="gru"))
+    gru = [n for n, _ in gru_model.named_parameters() if n.startswith("decoder.")]
+    assert gru[0] == "decoder.z_to_hidden.weight" and "decoder.rnn.weight_ih_l0" in gru and "decoder.ln.weight" in gru
+    assert make_model(perturb=0.0).pretrained_prefixes() == {} and make_model(perturb=0.0).pretrained_configs() == {}
+
+
+def test_sentence_vae_composes_parts_without_asking_their_kind(monkeypatch):
+    """A new decoder or encoder is a class and one line in DECODERS / ENCODERS: SentenceVAE's
+    methods reach a part only through its interface (here toys stand in for the transformer parts)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from textvae import generate, model as model_module
+    from textvae.model import Decoder, Encoder
+
+    for method in ("__init__", "encode", "init_cache", "decode", "reorder_cache", "forward"):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(SentenceVAE, method))))
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert not strings & {"transformer", "gru", "pretrained"} and "isinstance" not in calls, method
+        assert "type" not in attrs or method == "__init__", method  # cfg.*.type only picks the builder
+
+    class BagEncoder(Encoder):
+        """The mean of the token embeddings (reads the shared tok_emb)."""
+
+        uses_token_embedding = True
+
+        def __init__(self, tok_emb):
+            super().__init__()
+            self._hold_token_embedding(tok_emb)
+
+        @classmethod
+        def build(cls, cfg, tok_emb, saved):
+            return cls(tok_emb)
+
+        @property
+        def out_dim(self):
+            return self._tok_emb.embedding_dim
+
+        def forward(self, enc_ids, enc_mask):
+            return self._tok_emb(enc_ids)  # (B, S, D)
+
+    class UnigramDecoder(Decoder):
+        """Logits from z alone; the cache counts the tokens read."""
+
+        def __init__(self, cfg):
+            super().__init__()
+            self.out = torch.nn.Linear(cfg.latent_dim, cfg.vocab_size)
+
+        @classmethod
+        def build(cls, cfg, tok_emb, saved):
+            return cls(cfg)
+
+        def init_cache(self, z):
+            return torch.zeros(z.shape[0], dtype=torch.long)
+
+        def forward(self, dec_in, z, cache, start=0, last_only=False):
+            B, T = dec_in.shape
+            return self.out(z).unsqueeze(1).expand(B, 1 if last_only else T, -1), cache + T
+
+        def reorder_cache(self, cache, rows):
+            return cache[rows]
+
+    monkeypatch.setitem(model_module.ENCODERS, "transformer", BagEncoder)
+    monkeypatch.setitem(model_module.DECODERS, "transformer", UnigramDecoder)
+    torch.manual_seed(0)
+    model = SentenceVAE(small_model_config(bow_weight=0.5)).eval()
+    assert isinstance(model.encoder, BagEncoder) and isinstance(model.decoder, UnigramDecoder)
+    assert [n for n, _ in model.named_parameters()] == ["tok_emb.weight", "to_posterior.weight", "to_posterior.bias",
+                                                        "decoder.out.weight", "decoder.out.bias", "z_to_bow.weight",
+                                                        "z_to_bow.bias"]
+    enc = tokens(3, 6)
+    mask = torch.ones_like(enc, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(enc, mask, tokens(3, 4, seed=1), sample=False)
+        mu, _ = model.to_posterior(model.tok_emb(enc).mean(1)).chunk(2, -1)
+        torch.testing.assert_close(out.mu, mu)
+        torch.testing.assert_close(out.logits, model.decoder.out(mu).unsqueeze(1).expand(3, 4, 40))
+        logits, cache = model.decode(tokens(3, 2), mu, model.init_cache(mu), start=0, last_only=True)
+    assert logits.shape == (3, 1, 40) and cache.tolist() == [2, 2, 2]
+    assert model.reorder_cache(cache + torch.arange(3), torch.tensor([2, 0])).tolist() == [4, 2]
+    greedy = generate.decode(model, mu, BOS, EOS, "greedy", max_len=5)
+    assert generate.decode(model, mu, BOS, EOS, "beam", beam_size=1, max_len=5).ids == greedy.ids

@@ -18,7 +18,7 @@ import torch
 from helpers import TINY_DATA, small_model_config, tiny_config
 from textvae.config import DecoderConfig, EncoderConfig, from_dict
 from textvae.errors import CheckpointError, ConfigError
-from textvae.model import SentenceVAE
+from textvae.model import SentenceVAE, TransformerDecoder, TransformerEncoder
 
 
 def _minilm_path() -> str | None:
@@ -115,8 +115,8 @@ def test_decoder_is_causal_and_uses_z(dec, gpt2_dir):
 def test_pretrained_decoder_injections_each_carry_z(z_injection, gpt2_dir):
     V = _vocab("pretrained", gpt2_dir)
     model = _model("transformer", "pretrained", gpt2_dir, vocab=V, z_injection=z_injection)
-    assert hasattr(model.pretrained_decoder, "z_to_memory") == (z_injection in ("memory", "both"))
-    assert hasattr(model.pretrained_decoder, "z_to_embedding") == (z_injection in ("embedding", "both"))
+    assert hasattr(model.decoder, "z_to_memory") == (z_injection in ("memory", "both"))
+    assert hasattr(model.decoder, "z_to_embedding") == (z_injection in ("embedding", "both"))
     g = torch.Generator().manual_seed(3)
     x = _tokens(2, 6, V)
     with torch.no_grad():
@@ -165,7 +165,7 @@ def test_gru_decoder_starts_from_z_and_sees_it_at_every_step():
     state = model.init_cache(z)
     assert state.shape == (2, 2, 32)  # (layers, B, d_model)
     assert not torch.equal(state[:, 0], state[:, 1])  # each sentence's own initial state
-    assert model.gru.rnn.input_size == 32 + 8  # input embedding concatenated with z
+    assert model.decoder.rnn.input_size == 32 + 8  # input embedding concatenated with z
     lm = SentenceVAE(small_model_config(latent_dim=0, decoder=DecoderConfig(type="gru")))
     logits, _ = lm.decode(_tokens(2, 5, 40), torch.zeros(2, 0))
     assert logits.shape == (2, 5, 40)
@@ -176,9 +176,25 @@ def test_pretrained_decoder_adds_missing_special_tokens_and_rejects_a_foreign_to
 
     rows = AutoConfig.from_pretrained(gpt2_dir).vocab_size
     model = _model("transformer", "pretrained", gpt2_dir, vocab=rows + 1, perturb=0.0)  # e.g. GPT-2 plus a pad token
-    assert model.pretrained_decoder.hf.get_input_embeddings().weight.shape[0] == rows + 1
+    assert model.decoder.hf.get_input_embeddings().weight.shape[0] == rows + 1
     with pytest.raises(ConfigError, match=f"tokenizer has {rows + 500} tokens but the pretrained decoder's embedding has {rows}"):
         _model("transformer", "pretrained", gpt2_dir, vocab=rows + 500)
+
+
+def test_pretrained_decoder_names_its_weights_and_loads_the_old_names(gpt2_dir):
+    from textvae.checkpoint import _legacy_names
+
+    V = _vocab("pretrained", gpt2_dir)
+    model = _model("transformer", "pretrained", gpt2_dir, vocab=V)
+    assert model.pretrained_prefixes() == {"decoder": "decoder.hf."}
+    assert set(model.pretrained_configs()) == {"decoder"}
+    hf = {id(p) for p in model.decoder.hf.parameters()}
+    assert {id(p) for n, p in model.named_parameters() if n.startswith("decoder.hf.")} == hf
+    state = model.state_dict()
+    old = {("pretrained_decoder." + k.removeprefix("decoder.") if k.startswith("decoder.") else k): v for k, v in state.items()}
+    old = {("enc_pos." + k.removeprefix("encoder.pos.") if k.startswith("encoder.pos.") else k): v for k, v in old.items()}
+    assert "pretrained_decoder.z_to_memory.weight" in old and "enc_pos.weight" in old
+    assert sorted(_legacy_names(old)) == sorted(state)
 
 
 # --------------------------------------------------------------------------- pretrained encoder
@@ -198,10 +214,10 @@ def test_pretrained_encoder_pooling_ignores_padding_and_freezing_stops_gradients
         alone, _ = model.encode(ids[:1, : int(mask[0].sum())], mask[:1, : int(mask[0].sum())])
         torch.testing.assert_close(mu[:1], alone, rtol=1e-4, atol=1e-5)
     model.train()
-    assert not model.pretrained_encoder.hf.training  # frozen: dropout stays off
+    assert not model.encoder.hf.training  # frozen: dropout stays off
     out = model(ids, mask, _tokens(2, 5, 40))
     out.logits.sum().backward()
-    assert all(p.grad is None for p in model.pretrained_encoder.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())
     assert model.to_posterior.weight.grad.abs().sum() > 0
 
 
@@ -213,10 +229,11 @@ def test_optimizer_gives_the_pretrained_encoder_its_own_learning_rate(make_confi
                        "model.vocab_size=40"])
     model = SentenceVAE(cfg.model)
     opt = build_optimizer(model, cfg)
-    hf_params = {id(p) for p in model.pretrained_encoder.parameters()}
+    hf_params = {id(p) for p in model.encoder.parameters()}
     scaled = [g for g in opt.param_groups if g.get("lr_scale")]
     assert scaled and all(g["lr_scale"] == pytest.approx(3e-5 / cfg.train.lr) for g in scaled)
     assert {id(p) for g in scaled for p in g["params"]} == hf_params
+    assert model.pretrained_prefixes() == {"encoder": "encoder.hf."}  # what build_optimizer matches
     frozen = make_config([f"model.encoder.type=pretrained", f"model.encoder.name_or_path={MINILM}", "model.encoder.freeze=true",
                           "model.vocab_size=40"])
     opt = build_optimizer(SentenceVAE(frozen.model), frozen)
@@ -308,7 +325,7 @@ def test_frozen_encoder_weights_are_saved_unchanged_and_finetuned_ones_move(gpt2
     for freeze in (True, False):
         ckpt = train(tiny_config(_combo_overrides("pretrained", "gru", gpt2_dir) + [f"model.encoder.freeze={freeze}"]),
                      tmp_path / f"run{freeze}")
-        w = load_pretrained(ckpt).model.pretrained_encoder.hf.state_dict()[key.removeprefix("bert.")]
+        w = load_pretrained(ckpt).model.encoder.hf.state_dict()[key.removeprefix("bert.")]
         assert torch.equal(w, original[key]) == freeze
         if freeze:  # a checkpoint that lost its encoder tokenizer is refused in one line
             (ckpt / "encoder_tokenizer.json").unlink()
@@ -343,7 +360,7 @@ def test_gru_trains_in_bf16(tmp_path):
 def test_old_configs_and_checkpoints_default_to_the_transformer_parts(trained):
     cfg = from_dict({"model": {"d_model": 32, "n_heads": 2}})
     assert cfg.model.encoder.type == "transformer" and cfg.model.decoder.type == "transformer"
-    assert trained.model.enc_type == "transformer" and trained.model.dec_type == "transformer"
+    assert isinstance(trained.model.encoder, TransformerEncoder) and isinstance(trained.model.decoder, TransformerDecoder)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -119,6 +119,20 @@ def test_bad_input_is_a_400_with_one_line(server, path, body, needles):
     assert_error(request(server, "POST", path, body), 400, *needles)
 
 
+@pytest.mark.parametrize("value", ["", "   ", "\t\n", "\ufeff"])
+def test_empty_sentence_rule_is_the_data_module_s(value):
+    """The demo's empty sentence is textvae.data.check_sentences' empty sentence."""
+    from textvae.data import check_sentences
+    from textvae.errors import InputError
+    from textvae.serve import DemoError, _sentence
+
+    with pytest.raises(InputError, match="is empty"):
+        check_sentences(value)
+    with pytest.raises(DemoError, match="^'a' is empty: type a sentence$"):
+        _sentence({"a": value}, "a")
+    assert _sentence({"a": f"  Jesus{value}  wept. "}, "a") == check_sentences("Jesus wept.")[0] == "Jesus wept."
+
+
 def test_malformed_bodies(server):
     assert_error(request(server, "POST", "/api/interpolate", '{"a": "x", '), 400, "malformed JSON")
     assert_error(request(server, "POST", "/api/interpolate", b"\xff\xfe{}"), 400, "malformed JSON")

@@ -9,14 +9,15 @@ import torch
 
 from helpers import TINY_DATA
 from textvae import TextVAE
-from textvae import style
+from textvae import style, transfer
+from textvae.data import read_labelled
 from textvae.errors import DataError
 
 
 @pytest.fixture(scope="module")
 def tiny_rows():
-    return (style.read_labelled(str(TINY_DATA / "train.jsonl"), "text", "style"),
-            style.read_labelled(str(TINY_DATA / "valid.jsonl"), "text", "style"))
+    return (read_labelled(str(TINY_DATA / "train.jsonl"), "text", "style"),
+            read_labelled(str(TINY_DATA / "valid.jsonl"), "text", "style"))
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,9 @@ def test_evaluate_transfer_reports_baselines_and_sweep(trained, clf, tiny_rows):
     vae = TextVAE.from_pretrained(trained.path)
     kjv = [r["text"] for r in valid if r["label"] == "kjv"][:6]
     web = [r["text"] for r in valid if r["label"] == "web"][:6]
-    report = style.evaluate_transfer(vae, clf, kjv, "kjv", "web", refs=web, method="mean-diff", alpha=1.0,
-                                     sweep=[0.0, 2.0], methods=["mean-diff", "project"])
+    report = transfer.evaluate_transfer(vae, vae.require_attributes(), clf, kjv, "kjv", "web", refs=web,
+                                        opts=transfer.Options("mean-diff", 1.0), sweep=[0.0, 2.0],
+                                        methods=["mean-diff", "project"])
     systems = [r["system"] for r in report["rows"]]
     assert systems == ["copy (output = input)", "reference", "textvae transfer"]
     assert [(r["method"], r["alpha"]) for r in report["sweep"]] == [

@@ -71,6 +71,16 @@ def test_save_load_same_ids(tok, tmp_path, tiny_texts):
         assert loaded.decode(tok.encode(text)) == tok.decode(tok.encode(text))
 
 
+def test_save_writes_only_through_atomic_write(tok, tmp_path, monkeypatch):
+    import textvae.tokenizer
+
+    calls = []
+    monkeypatch.setattr(textvae.tokenizer, "atomic_write", lambda path, data, mkdir=True: calls.append((path, data)))
+    tok.save(tmp_path / "tokenizer.json")
+    assert calls == [(tmp_path / "tokenizer.json", tok.to_json())]
+    assert not list(tmp_path.iterdir())  # the recorder wrote nothing, and nothing else did
+
+
 def test_training_is_deterministic(tiny_texts):
     for fn, kind in ((train_bpe, "bpe"), (train_unigram, "unigram")):
         cfg = TokenizerConfig(kind=kind, vocab_size=300)

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -218,6 +219,75 @@ def test_report_without_checkpoint_or_evaluation(run_cli, tmp_path, trained_run,
     assert rc == 0, err
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "no evaluation in this run folder" in page and "<h2>Latent map</h2>" not in page
+
+
+# --------------------------------------------------------------------------- files
+
+
+@pytest.fixture
+def recorded_writes(monkeypatch):
+    """viz's atomic_write replaced by a recorder that writes nothing: {path: data} of each call.
+
+    A test that finds no file on disk afterwards knows every file went through atomic_write."""
+    calls: dict = {}
+
+    def record(path, data, mkdir=True):
+        calls[Path(path)] = data
+        return Path(path)
+
+    monkeypatch.setattr(viz, "atomic_write", record)
+    return calls
+
+
+def test_plots_are_written_only_through_atomic_write(tmp_path, recorded_writes):
+    run = collapsed_log(tmp_path)
+    files, _ = viz.plot_run(run, tmp_path / "plots")
+    assert sorted(files) == sorted(recorded_writes) == sorted(tmp_path / "plots" / f"{n}.png" for n in (*viz.CURVES, "curves"))
+    assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in recorded_writes.values())
+    assert not (tmp_path / "plots").exists()
+
+
+def test_map_and_report_are_written_only_through_atomic_write(tmp_path, trained_run, recorded_writes):
+    from textvae.api import TextVAE
+
+    vae = TextVAE.from_pretrained(trained_run)
+    out, m = viz.write_map(vae, str(TINY_DATA / "valid.jsonl"), limit=20)
+    assert out == trained_run / "plots" / "map.png" and list(recorded_writes) == [out]
+    assert recorded_writes[out][:4] == b"\x89PNG" and m.points.shape == (20, 2) and not out.exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes((trained_run / "metrics.jsonl").read_bytes())
+    report = viz.build_report(run, checkpoint=trained_run, samples=0, transfers=0, map_limit=0)
+    assert report == run / "report.html" and list(recorded_writes) == [out, report]
+    assert recorded_writes[report].startswith("<!DOCTYPE html>") and "<h2>Interpolation</h2>" in recorded_writes[report]
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+
+
+def test_load_labelled_falls_back_and_subsets(tmp_path, trained_run, caplog):
+    """The checkpoint's label column when the file has it, else no labels with a warning; 'none'
+    drops them; a named column must exist; ``limit`` keeps a seeded subset in file order."""
+    from textvae.api import TextVAE
+    from textvae.errors import DataError
+
+    vae = TextVAE.from_pretrained(trained_run)
+    valid = str(TINY_DATA / "valid.jsonl")
+    texts, labels, column = viz.load_labelled(valid, vae, limit=0)
+    assert column == "style" and len(texts) == len(labels) and set(labels) == {"kjv", "web"}
+    assert viz.load_labelled(valid, vae, label_column="None", limit=0) == (texts, None, None)
+    sub, sub_labels, _ = viz.load_labelled(valid, vae, limit=7, seed=3)
+    assert viz.load_labelled(valid, vae, limit=7, seed=3)[0] == sub and len(sub) == 7
+    order = [texts.index(t) for t in sub]
+    assert order == sorted(order) and sub_labels == [labels[i] for i in order]
+    with caplog.at_level("WARNING", logger="textvae"):
+        plain, none, column = viz.load_labelled(str(TINY_DATA / "train.txt"), vae, limit=0)
+    assert none is None and column is None and plain and "has no 'style' column" in caplog.text
+    with pytest.raises(DataError, match="no column 'colour'"):
+        viz.load_labelled(valid, vae, label_column="colour")
+    gaps = tmp_path / "gaps.csv"
+    gaps.write_text("text,style\nIn the beginning.,kjv\nJesus wept.,\n", encoding="utf-8")
+    with pytest.raises(DataError, match="some rows have an empty 'style' label"):
+        viz.load_labelled(str(gaps), vae)
+    assert viz.load_labelled(str(gaps), vae, label_column="none")[0] == ["In the beginning.", "Jesus wept."]
 
 
 # --------------------------------------------------------------------------- TensorBoard

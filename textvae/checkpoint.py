@@ -6,7 +6,7 @@ A checkpoint folder is self-describing:
     model.safetensors   the weights (never pickled)
     tokenizer.json      the tokenizer
     trainer_state.pt    optional resume state (optimiser, RNG, data position), tensors only
-    attributes.*        optional attribute vectors per label (safetensors + JSON; textvae/latent.py)
+    attributes.*        optional attribute vectors per label (safetensors + JSON; textvae/latent.py, transfer.py)
     style_classifier.*  optional cached style classifier (safetensors + JSON; textvae/style.py)
 
 A folder is written under a temporary name and renamed into place, so an interrupted
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from textvae import __version__
 from textvae.config import Config, from_dict
 from textvae.errors import CheckpointError, TextVAEError
+from textvae.files import atomic_write
+from textvae.latent import Attributes
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
@@ -68,7 +71,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Tied embeddings: the output layer reuses tok_emb.weight, so there is one tensor to save.
+    # Tied embeddings: the from-scratch parts' output layer reuses tok_emb.weight (registered once,
+    # on the model), so there is one tensor to save.
     # Saving from the unwrapped module strips DDP/compile prefixes in one place.
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)
@@ -82,6 +86,52 @@ def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         out[k] = v.detach().cpu().contiguous()
     return out
+
+
+# Parameter names written before the model's parts became classes (textvae/model.py) -> the names
+# now: (old-name pattern, replacement), tried in order, the first match wins. tok_emb, to_posterior
+# and z_to_bow kept their names. No name of today matches a pattern, so a file that has any such
+# name was saved by the old code.
+_LEGACY_NAMES = [
+    (r"enc_pos\.", "encoder.pos."),
+    (r"dec_pos\.", "decoder.pos."),
+    (r"encoder\.(\d+)\.", r"encoder.blocks.\1."),
+    (r"decoder\.(\d+)\.", r"decoder.blocks.\1."),
+    (r"enc_ln\.", "encoder.ln."),
+    (r"dec_ln\.", "decoder.ln."),
+    (r"z_to_memory\.", "decoder.z_to_memory."),  # the transformer decoder's z projections
+    (r"z_to_embedding\.", "decoder.z_to_embedding."),
+    (r"gru\.", "decoder."),
+    (r"pretrained_encoder\.", "encoder."),
+    (r"pretrained_decoder\.", "decoder."),
+]
+
+
+def _legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the parameter names of a file saved before the model's parts became classes
+    renamed to today's (``encoder.0.`` -> ``encoder.blocks.0.``, ``gru.`` -> ``decoder.``...); a
+    state with today's names is returned as it is."""
+    table = [(re.compile(old), new) for old, new in _LEGACY_NAMES]
+    if not any(pattern.match(k) for k in state for pattern, _ in table):
+        return state
+    out = {}
+    for k, v in state.items():
+        for pattern, new in table:
+            if pattern.match(k):
+                k = pattern.sub(new, k, count=1)
+                break
+        out[k] = v
+    return out
+
+
+def has_legacy_names(path: str | Path) -> bool:
+    """Whether a checkpoint folder's weights use the parameter names of before the model's parts
+    became classes (its resume state then lists parameters in the old order)."""
+    from safetensors import safe_open
+
+    with safe_open(str(resolve(path) / WEIGHTS), framework="pt") as f:
+        names = dict.fromkeys(f.keys())
+    return _legacy_names(names) is not names
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
@@ -195,6 +245,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Loa
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path / WEIGHTS} is damaged: {str(e)[:200]}") from None
+    state = _legacy_names(state)  # a file saved before the model's parts became classes
     expected = _state_dict(model)  # tied aliases (a pretrained decoder's lm_head) are stored once
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -234,31 +285,24 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 ATTRIBUTES, ATTRIBUTES_INFO = "attributes.safetensors", "attributes.json"
 
 
-@dataclass
-class Attributes:
-    """Attribute vectors: the mean posterior mean of each label's sentences (see textvae/latent.py)."""
-
-    labels: list[str]
-    means: torch.Tensor  # (K, L)
-    counts: torch.Tensor  # (K,) sentences per label
-    info: dict[str, Any] = field(default_factory=dict)  # source file, label column, weights digest...
-
-    def index(self, label: str) -> int:
-        """Row of ``label``; an unknown label is an error that lists the known ones."""
-        from textvae.errors import InputError
-
-        if label not in self.labels:
-            raise InputError(f"unknown label {label!r}; known labels: {', '.join(self.labels)}")
-        return self.labels.index(label)
-
-    def vector(self, label: str) -> torch.Tensor:
-        return self.means[self.index(label)]
-
-
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of the weights (names and bytes): ties files derived from a model to that model."""
+    return _digest(_state_dict(model))
+
+
+def _legacy_digest(path: Path, model: torch.nn.Module) -> Optional[str]:
+    """The digest the code before the parameter renames wrote for these weights: over the names
+    model.safetensors holds, when they are the old names and the tensors are the model's."""
+    state = load_file(str(path / WEIGHTS))
+    renamed, mine = _legacy_names(state), _state_dict(model)
+    if renamed is state or renamed.keys() != mine.keys() or not all(torch.equal(renamed[k], mine[k]) for k in mine):
+        return None
+    return _digest(state)
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name, t in sorted(_state_dict(model).items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode("utf-8"))
         h.update(str(t.dtype).encode("ascii"))
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -277,27 +321,11 @@ def attribute_files(attrs: Attributes) -> dict[str, bytes]:
 
 
 def write_files(path: str | Path, files: dict[str, bytes]) -> None:
-    """Add or replace files in an existing checkpoint folder, each atomically (temporary file,
-    fsync, rename), in the order given; other files are not touched."""
+    """Add or replace files in an existing checkpoint folder, each atomically, in the order
+    given; other files are not touched."""
     path = resolve(path)
     for name, data in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=path)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        atomic_write(path / name, data, mkdir=False)
 
 
 def load_attributes(path: str | Path, model: Optional[torch.nn.Module] = None) -> Optional[Attributes]:
@@ -326,7 +354,8 @@ def load_attributes(path: str | Path, model: Optional[torch.nn.Module] = None) -
                               f"`textvae attributes --checkpoint {path} --data FILE --label-column COL`") from None
     if model is not None:
         latent = getattr(getattr(model, "cfg", None), "latent_dim", means.shape[1])
-        if means.shape[1] != latent or info.get("weights_sha256") not in (None, weights_digest(model)):
+        stored = info.get("weights_sha256")
+        if means.shape[1] != latent or (stored not in (None, weights_digest(model)) and stored != _legacy_digest(path, model)):
             raise CheckpointError(
                 f"{path}: the attribute vectors were computed with other weights than this model's; recompute them with "
                 f"`textvae attributes --checkpoint {path} --data {info.get('source') or 'FILE'} "

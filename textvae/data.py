@@ -4,6 +4,12 @@ Flow: :func:`load_split` reads one split through Hugging Face ``datasets``;
 :func:`clean` strips and filters it and says how many rows each step dropped;
 :func:`tokenize` adds ``ids`` with a cached ``Dataset.map``; :class:`BucketBatcher`
 yields batches of similar length; :func:`collate` pads them into a :class:`Batch`.
+
+Every other reader of sentences is here too, so that the command line, the style classifiers,
+the transfer evaluation, the latent maps and the web demo clean text the same way:
+:func:`read_sentences` / :func:`read_lines` (a text file or stdin, one sentence per line),
+:func:`load_texts` (the cleaned text column of a data file), :func:`read_labelled` (texts with
+labels and ids) and :func:`check_sentences` (sentences given by a caller).
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from textvae.errors import DataError
+from textvae.errors import DataError, InputError
 from textvae.tokenizer import Tokenizer
 
 log = logging.getLogger("textvae")
@@ -372,10 +379,152 @@ def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text
     return Corpus(column(ds, "text"), column(ds, "ids"), labels), (label_names or [])
 
 
+def load_texts(source: str, split: str, text_column: str, min_words: int = 1, max_words: int = 0, limit: int = 0,
+               keep_empty: bool = False, report: bool = False) -> list[str]:
+    """Cleaned texts of a data file or hub split, by the training pipeline's rules.
+
+    Args:
+        min_words, max_words: word-count filters (0: no upper limit).
+        limit: keep the first N (0: all).
+        keep_empty: keep every row, empty ones as "" (no filters): one output per input row.
+        report: log what cleaning dropped.
+    """
+    ds = load_split(source, split, text_column)
+    if keep_empty:
+        texts = [normalise_text(t if isinstance(t, str) else "") for t in column(ds, text_column)]
+    else:
+        ds, dropped = clean(ds, text_column, min_words, max_words)
+        if report:
+            log.info("%s: %s", source, dropped)
+        if len(ds) == 0:
+            raise DataError(f"{source}: no sentences left after cleaning ({dropped})")
+        texts = column(ds, "text")
+    if limit:
+        texts = texts[:limit]
+    if not texts:
+        raise DataError(f"{source}: no sentences left after cleaning")
+    return texts
+
+
 def read_training_texts(source: str, split: str, text_column: str, min_words: int, max_words: int) -> list[str]:
     """Cleaned training sentences, for training a tokenizer."""
-    ds = load_split(source, split, text_column)
-    ds, report = clean(ds, text_column, min_words, max_words)
-    if len(ds) == 0:
-        raise DataError(f"{source}: no sentences left after cleaning ({report})")
-    return column(ds, "text")
+    return load_texts(source, split, text_column, min_words, max_words)
+
+
+def read_labelled(source: str, text_column: str, label_column: str, split: str = "train", min_words: int = 1,
+                  max_words: int = 0, id_column: Optional[str] = None, require_labels: bool = False
+                  ) -> list[dict[str, Any]]:
+    """Rows {text, label, id, row} of a labelled file, cleaned as for training: whitespace
+    normalised, empty rows dropped, word-count filters applied. ``row`` is the position in the
+    file. Rows without a label are dropped, or with ``require_labels`` an error."""
+    ds = load_split(source, split, text_column, label_column)
+    if id_column is not None and id_column not in ds.column_names:
+        raise DataError(f"{source}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
+    ids = column(ds, id_column) if id_column else [None] * len(ds)
+    rows = []
+    for i, (text, label, key) in enumerate(zip(column(ds, text_column), column(ds, label_column), ids)):
+        text = normalise_text(text if isinstance(text, str) else None)
+        words = len(text.split())
+        if not text or words < min_words or (max_words and words > max_words):
+            continue
+        if label is None or label == "":
+            if require_labels:
+                raise DataError(f"{source}: some rows have an empty {label_column!r} label")
+            continue
+        rows.append({"text": text, "label": str(label), "id": key, "row": i})
+    return rows
+
+
+# --------------------------------------------------------------------------- sentences from a caller
+
+
+def _read_input(path: Optional[str], what: str) -> tuple[bytes, str]:
+    if path is None or path == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise InputError("no input: stdin is closed; give --input FILE")
+        if sys.stdin.isatty():
+            raise InputError(f"no input: give --input FILE or pipe {what} on stdin")
+        return stdin.read(), "stdin"
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"input file not found: {path}")
+    return p.read_bytes(), path
+
+
+def _decoded_lines(raw: bytes, name: str) -> list[str]:
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: line {i} is not valid UTF-8") from None
+    return out
+
+
+def read_lines(path: Optional[str]) -> list[str]:
+    """Non-empty lines of a UTF-8 file or stdin (``None`` or '-'), as they are (tabs kept)."""
+    raw, name = _read_input(path, "lines")
+    lines = [line for line in _decoded_lines(raw, name) if line.strip()]
+    if not lines:
+        raise InputError(f"{name}: no lines")
+    return lines
+
+
+def read_sentences(path: Optional[str], keep_empty: bool = False) -> list[str]:
+    """Sentences, one per line, from a UTF-8 text file or stdin (``None`` or '-'), whitespace
+    normalised. Empty lines are skipped (with a warning), or kept as "" with ``keep_empty``."""
+    raw, name = _read_input(path, "sentences")
+    texts = [normalise_text(line) for line in _decoded_lines(raw, name)]
+    empty = sum(not t for t in texts)
+    if not keep_empty:
+        texts = [t for t in texts if t]
+        if empty:
+            log.warning("skipped %d empty lines", empty)
+    elif empty:
+        log.warning("%d empty lines are encoded as empty sentences", empty)
+    if not texts:
+        raise InputError(f"{name}: no sentences")
+    return texts
+
+
+def read_input(path: Optional[str], text_column: str = "text", keep_empty: bool = False) -> list[str]:
+    """Sentences given to a command: a text file (one per line) or stdin, or a data file
+    (.csv/.tsv/.json/.jsonl/.parquet, optionally .gz), whose ``text_column`` is read and cleaned."""
+    if path is None or path == "-" or _suffix(Path(path)) in ("", ".txt"):
+        return read_sentences(path, keep_empty=keep_empty)
+    if not Path(path).is_file():
+        raise InputError(f"input file not found: {path}")
+    return load_texts(path, "train", text_column, 0, 0, keep_empty=keep_empty)
+
+
+def read_tab_separated(path: Optional[str], fields: int) -> list[tuple[str, ...]]:
+    """Lines of ``fields`` non-empty tab-separated sentences (a file or stdin), normalised."""
+    rows = []
+    for i, line in enumerate(read_lines(path), start=1):
+        parts = tuple(normalise_text(p) for p in line.split("\t"))
+        if len(parts) != fields or not all(parts):
+            raise InputError(f"line {i}: expected {fields} non-empty tab-separated sentences")
+        rows.append(parts)
+    return rows
+
+
+def check_sentences(sentences: Any) -> list[str]:
+    """Sentences given by a caller (one string or a sequence), normalised; a non-string, an
+    empty sentence or no sentence at all is an :class:`InputError` that names it."""
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    texts = []
+    for i, s in enumerate(sentences, start=1):
+        if not isinstance(s, str):
+            raise InputError(f"sentence {i} is not a string ({type(s).__name__})")
+        t = normalise_text(s)
+        if not t:
+            raise InputError(f"sentence {i} is empty")
+        texts.append(t)
+    if not texts:
+        raise InputError("no sentences given")
+    return texts

@@ -161,6 +161,44 @@ def usable(n: int, info: DistInfo) -> int:
     return n - n % info.world_size
 
 
+def next_global_batch(batches: Iterator[tuple[int, int, Sequence[T]]], info: DistInfo) -> tuple[int, int, Sequence[T]]:
+    """The next global batch all ranks can share, as ``(epoch, position after it, batch)``.
+
+    The batch is cut to a multiple of the world size (see :func:`shard`); a batch smaller than
+    the world size (the short end of a length bucket) is skipped. Every rank reads the same batches.
+    """
+    seqs: Sequence[T] = []
+    while not seqs:
+        epoch, position, seqs = next(batches)
+        seqs = seqs[: usable(len(seqs), info)]
+    return epoch, position, seqs
+
+
+def rank_rows(info: DistInfo) -> slice:
+    """This rank's rows of a tensor drawn for the whole (cut) global batch: the rows :func:`shard` gives it.
+
+    Drawing random numbers for the global batch and keeping one's rows makes N ranks use the
+    noise one process would.
+    """
+    return slice(info.rank, None, info.world_size)
+
+
+def no_sync(ddp_model: torch.nn.Module, info: DistInfo, sync: bool) -> contextlib.AbstractContextManager:
+    """Around a backward pass: DDP all-reduces the gradients only when ``sync`` is set (the last
+    micro-batch of an optimiser step), so they are averaged over the ranks once per step."""
+    return ddp_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
+
+
+def reduce_log(means: dict[str, float], counts: Sequence[int], info: DistInfo,
+               device: torch.device) -> tuple[dict[str, float], list[int]]:
+    """Logged values over the ranks: the mean of each of ``means`` (loss terms) and the sum of each
+    of ``counts`` (tokens, sentences), in one collective call. Unchanged in a single process."""
+    if not info.enabled:
+        return means, list(counts)
+    red = all_reduce_sum([*means.values(), *counts], info, device)
+    return {k: v / info.world_size for k, v in zip(means, red)}, [int(x) for x in red[len(means):]]
+
+
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
     """Wrap the model in DistributedDataParallel (a no-op in a single process)."""
     if not info.enabled:

@@ -20,3 +20,8 @@ class CheckpointError(TextVAEError):
 class InputError(TextVAEError):
     """Bad sentences or arguments given to a command or to the Python API (an empty sentence,
     an unknown label, too few interpolation steps)."""
+
+
+class OptionError(InputError, ValueError):
+    """An option out of its range or set of choices (a decoding strategy, a temperature, a
+    count), given on the command line or to a library function."""

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import Counter
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
 from textvae.data import BucketBatcher, Corpus, collate
+from textvae.errors import InputError, TextVAEError
 from textvae.losses import gaussian_kl, reconstruction_nll
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
+
+log = logging.getLogger("textvae")
 
 AU_THRESHOLD = 0.01
 
@@ -25,6 +29,17 @@ def active_units(mu: torch.Tensor, threshold: float = AU_THRESHOLD) -> tuple[int
     else:
         var = mu.float().var(dim=0, unbiased=True)
     return int((var > threshold).sum()), var
+
+
+def _one_sample_forward(model: SentenceVAE, b, g: torch.Generator
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch through the model with one z ~ q(z|x) drawn from ``g`` (the posterior mean for
+    a language model): logits (B, T, V), mu, logvar (B, L). The ELBO terms are the caller's, in
+    float32 and outside any autocast."""
+    mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+    z = model.reparameterize(mu.float(), logvar.float(), g).to(mu.dtype) if not model.is_lm else mu
+    logits, _ = model.decode(b.dec_in, z)
+    return logits, mu, logvar
 
 
 @torch.no_grad()
@@ -48,9 +63,7 @@ def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size
     for idx in batches:
         b = corpus.batch(idx, tok).to(device)
         with autocast if autocast is not None else contextlib.nullcontext():
-            mu, logvar = model.encode(b.enc_ids, b.enc_mask)
-            z = model.reparameterize(mu.float(), logvar.float(), g)
-            logits, _ = model.decode(b.dec_in, z.to(mu.dtype))
+            logits, mu, logvar = _one_sample_forward(model, b, g)
         rec += float(reconstruction_nll(logits, b.targets, tok.pad_id).sum())
         kl += float(gaussian_kl(mu, logvar).sum())
         n += len(idx)
@@ -169,9 +182,7 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = collate([ids[i] for i in idx], tok).to(device)
-        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
-        z = model.reparameterize(mu.float(), logvar.float(), g) if not model.is_lm else mu
-        logits, _ = model.decode(b.dec_in, z)
+        logits, mu, logvar = _one_sample_forward(model, b, g)
         kl = gaussian_kl(mu, logvar).sum(1)
         neg_elbo[idx] = (reconstruction_nll(logits, b.targets, tok.pad_id) + kl).double().cpu()
         kl_out[idx] = kl.double().cpu()
@@ -179,13 +190,62 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
     return neg_elbo, kl_out
 
 
+@torch.no_grad()
 def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
                      batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu, logvar (N, L) on the CPU, in the order of ``ids`` (see ``latent.posterior_means``)."""
-    from textvae.latent import posterior_means
+    """Posterior parameters of token-id lists (no specials; see :func:`prepare_ids`), batched by length.
 
-    mu, logvar = posterior_means(model, ids, tok, batch_size)
-    return mu.cpu(), logvar.cpu()
+    Args:
+        model: the VAE; its device is used and its train/eval mode is restored afterwards.
+        ids: N token-id lists, each short enough for the model.
+        tok: the model's tokenizer (pad/bos/eos ids).
+        batch_size: sentences per encoder call.
+    Returns:
+        mu, logvar: (N, L) float32 on the model's device, in the order of ``ids``.
+    """
+    device = next(model.parameters()).device
+    L = model.cfg.latent_dim
+    mu_all = torch.empty(len(ids), L, device=device)
+    lv_all = torch.empty(len(ids), L, device=device)
+    was_training = model.training
+    model.eval()
+    # Sorting by length keeps padding (wasted encoder work) small; rows go back to input order.
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([ids[i] for i in idx], tok)
+        mu, logvar = model.encode(b.enc_ids.to(device), b.enc_mask.to(device))
+        where = torch.as_tensor(idx, device=device)
+        mu_all[where] = mu.float()
+        lv_all[where] = logvar.float()
+    model.train(was_training)
+    return mu_all, lv_all
+
+
+SCORE_METHODS = ("iw", "elbo")
+SCORE_IW_SAMPLES = 100  # importance samples K of ``textvae score``
+
+
+def score_sentences(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], method: str = "iw", k: int = SCORE_IW_SAMPLES,
+                    seed: int = 0) -> list[dict]:
+    """Likelihood score of each sentence (anomaly detection): {text, nll, nll_per_token, tokens,
+    method, iw_samples}. ``method`` 'iw': the importance-weighted bound with K = ``k``; 'elbo':
+    the negative ELBO. nll_per_token counts eos. Sentences too long for the model are truncated."""
+    if method not in SCORE_METHODS:
+        raise InputError(f"unknown scoring method {method!r}; use one of {', '.join(SCORE_METHODS)}")
+    if k < 1:
+        raise InputError("--iw-samples must be at least 1")
+    ids, truncated = prepare_ids(tok, texts, model.cfg.max_len)
+    if truncated:
+        log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
+                    truncated, model.cfg.max_len)
+    if method == "iw":
+        nll = iw_nll(model, ids, tok, k=k, seed=seed)
+    else:
+        nll, _ = elbo_per_sentence(model, ids, tok, seed=seed)
+    return [{"text": text, "nll": v, "nll_per_token": v / (len(x) + 1), "tokens": len(x) + 1,
+             "method": method, "iw_samples": k if method == "iw" else None}
+            for text, x, v in zip(texts, ids, nll.tolist())]
 
 
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int = 128, seed: int = 0) -> float:
@@ -215,16 +275,10 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int =
 def greedy_reconstructions(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
                            batch_size: int = 128) -> list[str]:
     """Greedy decoding from the posterior mean, in the order of ``ids``."""
-    from textvae.generate import decode
+    from textvae.generate import decode_texts
 
     mu, _ = posterior_params(model, ids, tok, batch_size)
-    device = next(model.parameters()).device
-    out: list[str] = []
-    for start in range(0, len(ids), batch_size):
-        z = mu[start : start + batch_size].to(device)
-        dec = decode(model, z, tok.bos_id, tok.eos_id, strategy="greedy")
-        out += [tok.decode(x) for x in dec.ids]
-    return out
+    return decode_texts(model, tok, mu, batch_size, strategy="greedy")[0]
 
 
 def self_bleu(texts: Sequence[str]) -> float:
@@ -268,7 +322,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
     words = sum(len(t.split()) for t in refs)
     neg_elbo, kl = elbo_per_sentence(model, ids, tok, seed=seed)
     iw = iw_nll(model, ids, tok, k=iw_samples, batch_size=batch_size, seed=seed)
-    mu, logvar = posterior_params(model, ids, tok)
+    mu, logvar = (t.cpu() for t in posterior_params(model, ids, tok))
     au, _ = active_units(mu, au_threshold)
     hyps = greedy_reconstructions(model, ids, tok)
     metric = sacrebleu.BLEU()
@@ -306,6 +360,58 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
             "copied_rate": (sum(t in train_set for t in texts_s) / max(n_samples, 1)) if train_set is not None else None,
         },
     }
+    return report
+
+
+EVAL_SPLITS = ("train", "valid", "test")
+DEFAULT_IW_SAMPLES = 500
+"""Importance samples K of IW-NLL in ``textvae evaluate`` (as He et al. 2019)."""
+IW_BATCH_SIZE = 32  # sentences per IW-NLL batch (K samples each, in chunks of at most 512 decoder rows)
+MI_BATCH_SIZE = 128  # batch of the minibatch MI estimator
+SAMPLE_COUNT = 200  # prior samples for the sample-quality figures
+
+
+def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "test",
+                        text_column: Optional[str] = None, max_words: Optional[int] = None, limit: int = 0,
+                        iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = IW_BATCH_SIZE,
+                        mi_batch_size: int = MI_BATCH_SIZE, au_threshold: float = AU_THRESHOLD,
+                        samples: int = SAMPLE_COUNT, seed: int = 0) -> dict:
+    """:func:`evaluate_model` on held-out data cleaned by the checkpoint's own data rules.
+
+    Args:
+        loaded: a :class:`textvae.checkpoint.Loaded`.
+        data: a data file or hub name (default: the config's file for ``split``).
+        max_words: drop longer sentences (default: the config's data.max_words; 0: no limit).
+        limit: the first N sentences only (0: all).
+        samples: prior samples for the sample-quality figures (0: none); their copy rate is
+            measured against the config's training file when it can be read.
+    """
+    from textvae.data import load_texts
+
+    if iw_samples < 1:
+        raise InputError("--iw-samples must be at least 1")
+    if samples < 0 or batch_size < 1 or mi_batch_size < 2:
+        raise InputError("--samples must be >= 0, --batch-size >= 1, --mi-batch-size >= 2")
+    dc = loaded.config.data
+    source = data or getattr(dc, split, None)
+    if not source:
+        raise InputError(f"the checkpoint's config names no {split} data; pass --data FILE")
+    texts = load_texts(source, split, text_column or dc.text_column, dc.min_words,
+                       dc.max_words if max_words is None else max_words, limit, report=True)
+    train_texts = None
+    if samples:
+        try:
+            train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
+        except TextVAEError as e:
+            log.warning("copy rate of samples not computed: %s", e)
+    report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=iw_samples, batch_size=batch_size,
+                            mi_batch_size=mi_batch_size, au_threshold=au_threshold, n_samples=samples,
+                            training_texts=train_texts, seed=seed)
+    report["checkpoint"] = str(loaded.path)
+    report["data"]["source"] = source
+    if report["data"]["truncated"]:
+        log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
+                    report["data"]["truncated"], loaded.config.model.max_len)
     return report
 
 

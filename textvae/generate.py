@@ -7,10 +7,35 @@ from typing import Optional
 
 import torch
 
+from textvae.errors import OptionError
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
+DEFAULT_TOP_P = 0.9
+"""Nucleus mass of prior sampling and of 'sample' decoding when none is given on the command line."""
+DEFAULT_BEAM_SIZE = 4
+
+
+def check_options(strategy: str = "greedy", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  beam_size: int = DEFAULT_BEAM_SIZE, max_len: Optional[int] = None, no_repeat_ngram: int = 0,
+                  use_cache: bool = True) -> None:
+    """Raise :class:`OptionError` (one line naming the command-line option) for a decoding
+    option out of range; :func:`decode` calls it, so every command and API call is checked."""
+    if strategy not in STRATEGIES:
+        raise OptionError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise OptionError("--top-p must be in (0, 1]")
+    if not temperature > 0:
+        raise OptionError("--temperature must be > 0")
+    if beam_size < 1 or top_k < 0 or (max_len is not None and max_len < 1):
+        raise OptionError("--beam-size and --max-len must be at least 1, --top-k at least 0")
+    if no_repeat_ngram < 0:
+        raise OptionError("--no-repeat-ngram must be >= 0")
+    if no_repeat_ngram and strategy == "beam":
+        raise OptionError("--no-repeat-ngram applies to --strategy greedy or sample, not beam")
+    if strategy == "beam" and not use_cache:
+        raise OptionError("beam search always uses the key/value cache")
 
 
 @dataclass
@@ -53,16 +78,9 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             (greedy and sample): a weak decoder's greedy output otherwise loops ("the sons of the
             sons of ..."). 0 (default) decodes the model's distribution unchanged.
     """
-    if no_repeat_ngram < 0:
-        raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    check_options(strategy, temperature, top_k, top_p, beam_size, max_len, no_repeat_ngram, use_cache)
     limit = model.cfg.max_len - 1 if max_len is None else min(max_len, model.cfg.max_len - 1)
     if strategy == "beam":
-        if not use_cache:
-            raise ValueError("beam search always uses the key/value cache")
-        if no_repeat_ngram:
-            raise ValueError("no_repeat_ngram applies to greedy and sample decoding, not beam search")
         return _beam(model, z, bos_id, eos_id, beam_size, limit)
     B = z.shape[0]
     device = z.device
@@ -167,6 +185,22 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
 
 
 @torch.no_grad()
+def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batch_size: int = 256,
+                 generator: Optional[torch.Generator] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
+    """Decode codes z (N, L) into sentences, ``batch_size`` rows at a time, one random stream
+    (``generator``) across the batches. Returns (texts, finished flags)."""
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    finished: list[bool] = []
+    for start in range(0, z.shape[0], batch_size):
+        out = decode(model, z[start : start + batch_size].to(device), tokenizer.bos_id, tokenizer.eos_id,
+                     generator=generator, **decode_kwargs)
+        texts += [tokenizer.decode(ids) for ids in out.ids]
+        finished += out.finished
+    return texts, finished
+
+
+@torch.no_grad()
 def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
            **decode_kwargs) -> tuple[list[str], list[bool]]:
     """Draw n codes from the prior N(0, I) and decode them. Returns (texts, finished flags)."""
@@ -175,10 +209,9 @@ def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batc
     gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     texts: list[str] = []
     finished: list[bool] = []
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        z = torch.randn(m, model.cfg.latent_dim, generator=g).to(device)
-        out = decode(model, z, tokenizer.bos_id, tokenizer.eos_id, generator=gd, **decode_kwargs)
-        texts += [tokenizer.decode(ids) for ids in out.ids]
-        finished += out.finished
+    for start in range(0, n, batch_size):  # codes are drawn batch by batch, between the decodes
+        z = torch.randn(min(batch_size, n - start), model.cfg.latent_dim, generator=g).to(device)
+        t, f = decode_texts(model, tokenizer, z, batch_size, gd, **decode_kwargs)
+        texts += t
+        finished += f
     return texts, finished

@@ -1,6 +1,8 @@
 """Latent-space arithmetic: interpolation paths, attribute vectors, style transfer, analogies.
 
-Pure tensor functions on posterior means (the text-level wrappers live in ``textvae/api.py``).
+Pure tensor functions on posterior means, and the attribute-vector type they use; nothing here
+runs a model or touches a file (the text-level wrappers are ``textvae/api.py``'s and
+``textvae/transfer.py``'s; attribute files are ``textvae/checkpoint.py``'s).
 Shapes: N sentences, L latent_dim, K labels, S steps (or candidates).
 
 Every function here is deterministic and keeps the device and dtype of its inputs.
@@ -8,52 +10,35 @@ Every function here is deterministic and keeps the device and dtype of its input
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from textvae.checkpoint import Attributes, weights_digest
-from textvae.data import Corpus, collate
-from textvae.model import SentenceVAE
-from textvae.tokenizer import Tokenizer
+from textvae.errors import InputError
 
-TRANSFER_METHODS = ("mean-diff", "project", "search", "closest")
 INTERPOLATIONS = ("lerp", "slerp")
+LATENT_TRANSFERS = ("mean-diff", "project")
+"""Transfers that are pure arithmetic on z (``textvae/transfer.py`` adds those that decode candidates)."""
 
 
-# --------------------------------------------------------------------------- encoding
+@dataclass
+class Attributes:
+    """Attribute vectors: the mean posterior mean of each label's sentences (John et al. 2019)."""
 
+    labels: list[str]
+    means: torch.Tensor  # (K, L)
+    counts: torch.Tensor  # (K,) sentences per label
+    info: dict[str, Any] = field(default_factory=dict)  # source file, label column, weights digest...
 
-@torch.no_grad()
-def posterior_means(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
-                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior parameters of token-id lists (no specials), batched by length.
+    def index(self, label: str) -> int:
+        """Row of ``label``; an unknown label is an error that lists the known ones."""
+        if label not in self.labels:
+            raise InputError(f"unknown label {label!r}; known labels: {', '.join(self.labels)}")
+        return self.labels.index(label)
 
-    Args:
-        model: the VAE; its device is used and its train/eval mode is restored afterwards.
-        ids: N token-id lists, each short enough for the model (see ``evaluate.prepare_ids``).
-        tok: the model's tokenizer (pad/bos/eos ids).
-        batch_size: sentences per encoder call.
-    Returns:
-        mu, logvar: (N, L) float32 on the model's device, in the order of ``ids``.
-    """
-    device = next(model.parameters()).device
-    L = model.cfg.latent_dim
-    mu_all = torch.empty(len(ids), L, device=device)
-    lv_all = torch.empty(len(ids), L, device=device)
-    was_training = model.training
-    model.eval()
-    # Sorting by length keeps padding (wasted encoder work) small; rows go back to input order.
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        b = collate([ids[i] for i in idx], tok)
-        mu, logvar = model.encode(b.enc_ids.to(device), b.enc_mask.to(device))
-        where = torch.as_tensor(idx, device=device)
-        mu_all[where] = mu.float()
-        lv_all[where] = logvar.float()
-    model.train(was_training)
-    return mu_all, lv_all
+    def vector(self, label: str) -> torch.Tensor:
+        return self.means[self.index(label)]
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -198,7 +183,7 @@ def transfer(z: torch.Tensor, source: torch.Tensor, target: torch.Tensor, alpha:
              method: str = "mean-diff") -> torch.Tensor:
     """Move codes (N, L) towards the target attribute by ``method`` ('mean-diff' or 'project').
 
-    ('search' and 'closest' decode candidates, so they live in the text-level API; their
+    ('search' and 'closest' decode candidates, so they live in ``textvae/transfer.py``; their
     candidates come from :func:`search_candidates`.)
     """
     if method == "mean-diff":
@@ -255,20 +240,3 @@ def analogy(za: torch.Tensor, zb: torch.Tensor, zc: torch.Tensor) -> torch.Tenso
         z_d with the broadcast shape; z_d == z_c exactly when za == zb.
     """
     return zc + (zb - za)
-
-
-def corpus_attributes(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, label_names: Sequence[str],
-                      info: Optional[dict[str, Any]] = None) -> Attributes:
-    """Attribute vectors of a labelled, tokenised corpus (what training stores in its final checkpoint).
-
-    Args:
-        corpus: sentences with label indices (``corpus.labels``) into ``label_names``.
-        info: provenance kept with the vectors (source file, label column...).
-    """
-    if corpus.labels is None:
-        raise ValueError("the corpus has no labels")
-    mu, _ = posterior_means(model, corpus.ids, tok)
-    means, counts = attribute_vectors(mu, torch.as_tensor(corpus.labels), len(label_names))
-    full = {"sentences": len(corpus), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
-            **(info or {})}
-    return Attributes(list(label_names), means.cpu(), counts.cpu(), full)

@@ -1,21 +1,28 @@
-"""The textvae model: transformer encoder -> Gaussian posterior -> z -> autoregressive decoder.
+"""The textvae model: encoder -> Gaussian posterior -> z -> autoregressive decoder.
 
-Shapes: B batch, S encoder length, T decoder length, D d_model, H heads, L latent_dim, V vocabulary.
+Shapes: B batch, S encoder length, T decoder length, D d_model, H the width of the encoder's
+states (D, or a pretrained encoder's hidden size; in attention code H is the number of heads),
+L latent_dim, V vocabulary.
 
-    enc_ids (B, S) --embed--> encoder blocks (pre-LN, bidirectional) --pool--> h (B, D)
+    enc_ids (B, S) --encoder--> states (B, S, H) --pool--> h (B, H)
     h --Linear--> mu, logvar (B, L);  z = mu + exp(logvar / 2) * eps
-    dec_in (B, T) --embed (+ W_e z)--> decoder blocks (pre-LN, causal; each attends to a
-    key/value slot made from z) --tied output embedding--> logits (B, T, V)
+    dec_in (B, T), z --decoder--> logits (B, T, V)
 
-z enters the decoder two ways, as in Optimus (Li et al. 2020): as a "memory" slot
+``SentenceVAE`` composes one encoder and one decoder through the small interfaces below
+(:class:`Encoder`, :class:`Decoder`) and never asks which kind they are. The kinds, chosen by
+model.encoder.type / model.decoder.type in the builders ``ENCODERS`` / ``DECODERS``:
+
+    TransformerEncoder  from scratch: pre-LN bidirectional blocks over the shared token embedding
+    PretrainedEncoder   a pretrained ``transformers`` encoder reading its own tokenizer's ids
+    TransformerDecoder  from scratch: pre-LN causal blocks; each layer attends to key/value slots
+                        made from z; tied output embedding
+    GRUDecoder          the recurrent decoder of the classic sentence VAE (Bowman et al. 2016)
+    PretrainedDecoder   a pretrained causal LM conditioned on z like the transformer decoder
+
+z enters the transformer decoders two ways, as in Optimus (Li et al. 2020): as a "memory" slot
 that every layer's self-attention can attend to, and/or added to every input
 embedding. The model returns tensors only; losses and schedules live elsewhere.
-
-Other parts (model.encoder.type, model.decoder.type; classes at the end of the file):
-a pretrained transformers encoder (PretrainedEncoder, reading its own tokenizer's ids)
-instead of the transformer encoder; a GRU decoder (GRUDecoder, Bowman et al. 2016) or a
-pretrained causal LM with the same two z injections (PretrainedDecoder) instead of the
-transformer decoder. Every decoder keeps the interface init_cache / decode / reorder_cache.
+Adding a part means adding a class with the interface and one line in ENCODERS or DECODERS.
 """
 
 from __future__ import annotations
@@ -42,6 +49,73 @@ class VAEOutput:
 
 # One layer's cache: keys and values (B, H, P, Dh), P = memory slot + tokens seen so far.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+# ---------------------------------------------------------------------------- the parts' interface
+
+
+class Part(nn.Module):
+    """What encoders and decoders share: how SentenceVAE builds and initialises them."""
+
+    # True: the part reads the model's shared token embedding (SentenceVAE.tok_emb), which the
+    # model then builds before the parts and passes to ``build``.
+    uses_token_embedding = False
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, tok_emb: Optional[nn.Embedding], saved: Optional[dict]) -> "Part":
+        """The part for ``cfg``. ``saved``: the ``transformers`` configs a checkpoint stores for its
+        pretrained parts ({'encoder': {...}, 'decoder': {...}}), None when training starts."""
+        raise NotImplementedError
+
+    def embeddings(self) -> list[nn.Module]:
+        """The part's own embedding tables: SentenceVAE initialises them right after the token
+        embedding, before any other layer (see SentenceVAE._init_parameters)."""
+        return []
+
+    def pretrained_module(self) -> Optional[nn.Module]:
+        """The ``transformers`` module whose weights come loaded (not initialised by textvae, given its
+        own learning rate, its config saved in checkpoints); None for a part made from scratch."""
+        return None
+
+    def _hold_token_embedding(self, tok_emb: nn.Embedding) -> None:
+        # The shared token embedding belongs to SentenceVAE, which registers it as tok_emb; a part
+        # only keeps a reference, stored unregistered. Registered here too, it would be reached
+        # twice by ``apply`` (initialised twice, which changes every later random draw) and listed
+        # twice by ``named_modules``.
+        object.__setattr__(self, "_tok_emb", tok_emb)
+
+
+class Encoder(Part):
+    """Reads a sentence: ``forward(enc_ids, enc_mask (B, S)) -> states (B, S, out_dim)``.
+    Pooling and the posterior head stay in SentenceVAE."""
+
+    @property
+    def out_dim(self) -> int:
+        raise NotImplementedError
+
+
+class Decoder(Part):
+    """Predicts the sentence from z, one chunk of positions at a time, with a cache:
+
+        init_cache(z (B, L)) -> cache, the state before the first token (L may be 0: a language model)
+        forward(dec_in (B, T), z, cache, start, last_only) -> logits (B, T or 1, V), the extended cache
+        reorder_cache(cache, rows) -> the cache of rows ``rows`` (beam search)
+    """
+
+    def init_cache(self, z: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+
+def _injections(cfg: ModelConfig) -> tuple[bool, bool]:
+    """Whether z enters the decoder as a memory slot, and whether it is added to its input embeddings."""
+    has_z = cfg.latent_dim > 0
+    return has_z and cfg.z_injection in ("memory", "both"), has_z and cfg.z_injection in ("embedding", "both")
+
+
+# ---------------------------------------------------------------------------- transformer blocks
 
 
 class MLP(nn.Module):
@@ -108,8 +182,329 @@ class Block(nn.Module):
         return x, kv
 
 
+# ---------------------------------------------------------------------------- encoders
+
+
+class TransformerEncoder(Encoder):
+    """From scratch: the shared token embedding plus learned positions -> pre-LN blocks
+    (bidirectional, padding keys ignored) -> LayerNorm. States (B, S, D)."""
+
+    uses_token_embedding = True
+
+    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+        super().__init__()
+        self._hold_token_embedding(tok_emb)
+        self.max_len = cfg.max_len
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+
+    @classmethod
+    def build(cls, cfg, tok_emb, saved):
+        return cls(cfg, tok_emb)
+
+    @property
+    def out_dim(self) -> int:
+        return self.pos.embedding_dim
+
+    def embeddings(self) -> list[nn.Module]:
+        return [self.pos]
+
+    def forward(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        """enc_ids, enc_mask (B, S) -> states (B, S, D)."""
+        S = enc_ids.shape[1]
+        if S > self.max_len:
+            raise ValueError(f"sequence of {S} tokens is longer than model.max_len={self.max_len}")
+        pos = torch.arange(S, device=enc_ids.device)
+        x = self.drop(self._tok_emb(enc_ids) + self.pos(pos))  # (B, S, D)
+        attn_mask = enc_mask[:, None, None, :]  # (B, 1, 1, S): ignore padding keys
+        for block in self.blocks:
+            x, _ = block(x, mask=attn_mask)
+        return self.ln(x)
+
+
+class PretrainedEncoder(Encoder):
+    """A pretrained ``transformers`` encoder (e.g. a BERT-family model) whose token states feed the
+    posterior head. It reads ids from its own tokenizer. Frozen: no gradients and no dropout."""
+
+    def __init__(self, hf: nn.Module, freeze: bool):
+        super().__init__()
+        self.hf = hf
+        self.freeze = freeze
+        if freeze:
+            hf.requires_grad_(False)
+            hf.eval()
+
+    @classmethod
+    def build(cls, cfg, tok_emb, saved):
+        return cls(_pretrained_part("encoder", cfg.encoder.name_or_path, saved), cfg.encoder.freeze)
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    def pretrained_module(self) -> nn.Module:
+        return self.hf
+
+    def train(self, mode: bool = True) -> "PretrainedEncoder":
+        super().train(mode)
+        if self.freeze:
+            self.hf.eval()  # a frozen encoder always gives the same states for a sentence
+        return self
+
+    def forward(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        """enc_ids, enc_mask (B, S), from the encoder's own tokenizer (textvae/data.py: collate)
+        -> last hidden states (B, S, H)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return self.hf(input_ids=enc_ids, attention_mask=enc_mask.long()).last_hidden_state
+
+
+# ---------------------------------------------------------------------------- decoders
+
+
+class TransformerDecoder(Decoder):
+    """From scratch: the shared token embedding plus learned positions (+ W_e z) -> pre-LN causal
+    blocks, each attending to key/value slots made from z -> LayerNorm -> the token embedding
+    again as the output layer (tied weights). The cache is a :data:`KVCache`."""
+
+    uses_token_embedding = True
+
+    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+        super().__init__()
+        self._hold_token_embedding(tok_emb)
+        D, L = cfg.d_model, cfg.latent_dim
+        self.d_model, self.n_heads, self.z_slots = D, cfg.n_heads, cfg.z_slots
+        self.use_memory, self.use_embedding = _injections(cfg)
+        self.pos = nn.Embedding(cfg.max_len, D)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
+        self.ln = nn.LayerNorm(D)
+        if self.use_memory:
+            # Optimus' "memory" scheme: z becomes extra keys and values at every layer, one
+            # slot in Optimus; with model.z_slots > 1 each position can attend to a different
+            # slot, so the decoder can read different parts of z at different positions.
+            self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers * cfg.z_slots)
+        if self.use_embedding:
+            # Optimus' "embedding" scheme: z is added to every decoder input embedding.
+            self.z_to_embedding = nn.Linear(L, D)
+
+    @classmethod
+    def build(cls, cfg, tok_emb, saved):
+        return cls(cfg, tok_emb)
+
+    def embeddings(self) -> list[nn.Module]:
+        return [self.pos]
+
+    def init_cache(self, z: torch.Tensor) -> KVCache:
+        """z (B, L) -> the z memory slots of every layer as the start of a key/value cache,
+        (B, H, M, Dh) per layer, M = model.z_slots (0 without the memory injection)."""
+        B, n = z.shape[0], len(self.blocks)
+        D, H = self.d_model, self.n_heads
+        if not self.use_memory:
+            empty = z.new_zeros(B, H, 0, D // H)
+            return [(empty, empty) for _ in range(n)]
+        M = self.z_slots
+        mem = self.z_to_memory(z).view(B, n, 2, M, H, D // H).transpose(3, 4)  # (B, layers, 2, H, M, Dh)
+        return [(mem[:, i, 0], mem[:, i, 1]) for i in range(n)]
+
+    def forward(self, dec_in: torch.Tensor, z: torch.Tensor, cache: KVCache, start: int = 0,
+                last_only: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """dec_in (B, T) at positions start..start+T-1 -> logits (B, T or 1, V) and the extended cache."""
+        T = dec_in.shape[1]
+        pos = torch.arange(start, start + T, device=dec_in.device)
+        x = self._tok_emb(dec_in) + self.pos(pos)  # (B, T, D)
+        if self.use_embedding:
+            x = x + self.z_to_embedding(z).unsqueeze(1)
+        x = self.drop(x)
+        P = cache[0][0].shape[2]  # memory slot + cached tokens
+        mask = None
+        if T > 1:
+            # query i (absolute position P+i in the key sequence) sees keys 0..P+i
+            mask = torch.arange(P + T, device=dec_in.device)[None, :] <= (P + torch.arange(T, device=dec_in.device))[:, None]
+            if P == 0:
+                mask = None  # plain causal attention: the fast path
+        new_cache: KVCache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            prefix = layer_cache if P > 0 else None
+            x, kv = block(x, mask=mask, causal=mask is None and T > 1, prefix=prefix)
+            new_cache.append(kv)
+        x = self.ln(x[:, -1:] if last_only else x)
+        return F.linear(x, self._tok_emb.weight), new_cache  # tied output embedding
+
+    def reorder_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+        return [(k[rows], v[rows]) for k, v in cache]
+
+
+class GRUDecoder(Decoder):
+    """The recurrent decoder of the classic sentence VAE (Bowman et al. 2016).
+
+    z sets the initial hidden state of every layer (Bowman et al. 2016) and is also concatenated
+    to every input embedding, so that it cannot fade over a long sentence (as in Yang et al. 2017
+    and He et al. 2019). Input and output use the shared token embedding (tied weights). The
+    hidden state is the decoding cache: (layers, B, D).
+    """
+
+    uses_token_embedding = True
+
+    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+        super().__init__()
+        self._hold_token_embedding(tok_emb)
+        D, L, layers = cfg.d_model, cfg.latent_dim, cfg.dec_layers
+        self.latent_dim, self.layers, self.d_model = L, layers, D
+        self.drop = nn.Dropout(cfg.dropout)
+        if L > 0:
+            self.z_to_hidden = nn.Linear(L, layers * D)
+        self.rnn = nn.GRU(D + L, D, num_layers=layers, batch_first=True, dropout=cfg.dropout if layers > 1 else 0.0)
+        self.ln = nn.LayerNorm(D)
+
+    @classmethod
+    def build(cls, cfg, tok_emb, saved):
+        return cls(cfg, tok_emb)
+
+    def init_cache(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L) -> initial hidden state (layers, B, D); zeros for a language model (L = 0)."""
+        B = z.shape[0]
+        if self.latent_dim == 0:
+            return z.new_zeros(self.layers, B, self.d_model)
+        h = torch.tanh(self.z_to_hidden(z))  # (B, layers * D), in the GRU's (-1, 1) range
+        return h.view(B, self.layers, self.d_model).transpose(0, 1).contiguous()
+
+    def forward(self, dec_in: torch.Tensor, z: torch.Tensor, cache: torch.Tensor, start: int = 0,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """dec_in (B, T), z (B, L), cache (layers, B, D) -> logits (B, T or 1, V), new hidden state.
+        The GRU needs no positions: ``start`` is not used."""
+        x = self.drop(self._tok_emb(dec_in))  # (B, T, D)
+        if self.latent_dim > 0:
+            x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
+        out, state = self.rnn(x, cache.to(x.dtype))
+        h = self.ln(out)  # (B, T, D)
+        return F.linear(h[:, -1:] if last_only else h, self._tok_emb.weight), state  # tied output embedding
+
+    def reorder_cache(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return cache[:, rows]  # (layers, B, D)
+
+
+class PretrainedDecoder(Decoder):
+    """A pretrained causal LM (``transformers.AutoModelForCausalLM``) conditioned on z as in
+    Optimus (Li et al. 2020): z becomes one extra key/value slot at every layer ("memory"),
+    passed to the model as a past key/value cache that every token attends to, and/or is added
+    to every input embedding ("embedding"). Positions count tokens only, not the memory slot.
+    It brings its own token embeddings and output layer.
+    """
+
+    def __init__(self, hf: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        from textvae.errors import ConfigError
+        from textvae.pretrained import cache_argument
+
+        rows = hf.get_input_embeddings().weight.shape[0]
+        # The tokenizer may add up to four special tokens (pad, bos, eos, unk) that the model lacks;
+        # a model may also pad its embedding table (to a multiple of 64 or 128). Anything else
+        # means the tokenizer belongs to another model.
+        if not rows - 128 < cfg.vocab_size <= rows + 4:
+            raise ConfigError(f"the tokenizer has {cfg.vocab_size} tokens but the pretrained decoder's embedding has {rows} "
+                              f"rows; use the decoder's own tokenizer (tokenizer.path = the decoder's folder)")
+        if cfg.vocab_size != rows:
+            hf.resize_token_embeddings(cfg.vocab_size)
+        self.hf = hf
+        c = hf.config
+        self.n_layers = int(c.num_hidden_layers)
+        n_heads = int(c.num_attention_heads)
+        self.kv_heads = int(getattr(c, "num_key_value_heads", None) or n_heads)
+        self.head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+        self.use_memory, self.use_embedding = _injections(cfg)
+        if self.use_memory:
+            # Optimus' "memory" scheme: z -> one key and one value per layer (and key/value head)
+            self.z_to_memory = nn.Linear(cfg.latent_dim, 2 * self.n_layers * self.kv_heads * self.head_dim)
+        if self.use_embedding:
+            # Optimus' "embedding" scheme: z -> a vector added to every input embedding
+            self.z_to_embedding = nn.Linear(cfg.latent_dim, int(c.hidden_size))
+        limit = self.max_positions = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+        if limit and cfg.max_len > limit:
+            raise ConfigError(f"model.max_len={cfg.max_len} is longer than the pretrained decoder's {limit} positions")
+        self._cache_arg = cache_argument(hf)
+
+    @classmethod
+    def build(cls, cfg, tok_emb, saved):
+        return cls(_pretrained_part("decoder", cfg.decoder.name_or_path, saved), cfg)
+
+    def pretrained_module(self) -> nn.Module:
+        return self.hf
+
+    def init_cache(self, z: torch.Tensor):
+        """z (B, L) -> a ``transformers`` cache holding the z memory slot of every layer (empty without it)."""
+        from textvae.pretrained import new_cache
+
+        cache = new_cache(self.hf.config)
+        if self.use_memory:
+            B = z.shape[0]
+            mem = self.z_to_memory(z).view(B, self.n_layers, 2, self.kv_heads, 1, self.head_dim)
+            for i in range(self.n_layers):
+                cache.update(mem[:, i, 0], mem[:, i, 1], i)
+        return cache
+
+    def forward(self, dec_in: torch.Tensor, z: torch.Tensor, cache, start: int = 0, last_only: bool = False):
+        """dec_in (B, T) at positions start..start+T-1 -> logits (B, T or 1, V) and the extended cache."""
+        B, T = dec_in.shape
+        from textvae.pretrained import returned_cache
+
+        x = self.hf.get_input_embeddings()(dec_in)  # (B, T, H)
+        if self.use_embedding:
+            x = x + self.z_to_embedding(z).to(x.dtype).unsqueeze(1)
+        memory = 1 if self.use_memory else 0
+        attention = torch.ones(B, memory + start + T, dtype=torch.long, device=dec_in.device)
+        positions = torch.arange(start, start + T, device=dec_in.device).expand(B, T)
+        out = self.hf(inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=True,
+                      **{self._cache_arg: cache})
+        logits = out.logits[:, -1:] if last_only else out.logits
+        return logits, returned_cache(out)
+
+    def reorder_cache(self, cache, rows: torch.Tensor):
+        cache.reorder_cache(rows)
+        return cache
+
+
+def _pretrained_part(kind: str, name_or_path: Optional[str], saved: Optional[dict]) -> nn.Module:
+    """The ``transformers`` module of a pretrained encoder or decoder: rebuilt from a checkpoint's
+    saved config when there is one, else loaded with its weights from ``name_or_path``."""
+    from textvae import pretrained
+
+    if saved is not None:
+        if kind not in saved:
+            raise ValueError(f"the checkpoint has no saved config for its pretrained {kind}")
+        return pretrained.from_config(kind, saved[kind])
+    if kind == "encoder":
+        return pretrained.load_encoder(str(name_or_path))
+    return pretrained.load_causal_lm(str(name_or_path))
+
+
+# ---------------------------------------------------------------------------- builders
+# model.encoder.type / model.decoder.type -> the part's class (its ``build`` makes it from the config).
+
+ENCODERS: dict[str, type[Encoder]] = {
+    "transformer": TransformerEncoder,
+    "pretrained": PretrainedEncoder,
+}
+DECODERS: dict[str, type[Decoder]] = {
+    "transformer": TransformerDecoder,
+    "gru": GRUDecoder,
+    "pretrained": PretrainedDecoder,
+}
+
+
+# ---------------------------------------------------------------------------- the model
+
+
 class SentenceVAE(nn.Module):
-    """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode_step`` serve generation."""
+    """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode`` serve generation.
+
+    Parameter names: ``tok_emb`` (the shared token embedding, when a part made from scratch uses
+    it), ``encoder.*`` (``pos``, ``blocks.N``, ``ln``, or ``hf`` for a pretrained encoder),
+    ``to_posterior``, ``decoder.*`` (``pos``, ``blocks.N``, ``ln``, ``z_to_memory``, ``z_to_embedding``;
+    ``z_to_hidden``, ``rnn``, ``ln`` for the GRU; ``hf`` and the z projections for a pretrained
+    decoder), ``z_to_bow``.
+    """
 
     def __init__(self, cfg: ModelConfig, pad_id: int = 0, pretrained_configs: Optional[dict] = None):
         """Args:
@@ -124,60 +519,52 @@ class SentenceVAE(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (take it from the tokenizer)")
         self.cfg = cfg
         self.pad_id = pad_id
-        D, L = cfg.d_model, cfg.latent_dim
-        self.is_lm = L == 0  # latent_dim 0: a plain language model, the baseline
-        self.enc_type = None if self.is_lm else cfg.encoder.type
-        self.dec_type = cfg.decoder.type
-        hf_encoder = hf_decoder = None  # pretrained parts keep their own weights and init
-        if self.enc_type == "pretrained":
-            hf_encoder = _pretrained_part("encoder", cfg.encoder.name_or_path, pretrained_configs)
-        if self.dec_type == "pretrained":
-            hf_decoder = _pretrained_part("decoder", cfg.decoder.name_or_path, pretrained_configs)
-        # One token embedding serves the encoder input, the decoder input and the output
-        # layer (tied weights); positions are learned, separately for encoder and decoder.
-        # A pretrained decoder brings its own embeddings; the from-scratch encoder then still
-        # reads the decoder's token ids through tok_emb.
-        if self.dec_type != "pretrained" or self.enc_type == "transformer":
-            self.tok_emb = nn.Embedding(cfg.vocab_size, D)
-        self.enc_pos = nn.Embedding(cfg.max_len, D) if self.enc_type == "transformer" else None
-        self.dec_pos = nn.Embedding(cfg.max_len, D) if self.dec_type == "transformer" else None
-        self.drop = nn.Dropout(cfg.dropout)
-        if self.enc_type == "transformer":
-            self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.enc_layers))
-            self.enc_ln = nn.LayerNorm(D)
-            self.to_posterior = nn.Linear(D, 2 * L)  # -> (mu, logvar)
-        elif self.enc_type == "pretrained":
-            self.pretrained_encoder = PretrainedEncoder(hf_encoder, cfg.encoder.freeze)
-            self.to_posterior = nn.Linear(self.pretrained_encoder.hidden_size, 2 * L)
-        self.use_memory = not self.is_lm and cfg.z_injection in ("memory", "both")
-        self.use_embedding = not self.is_lm and cfg.z_injection in ("embedding", "both")
-        if self.dec_type == "transformer":
-            self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.dec_layers))
-            self.dec_ln = nn.LayerNorm(D)
-            if self.use_memory:
-                # Optimus' "memory" scheme: z becomes extra keys and values at every layer, one
-                # slot in Optimus; with model.z_slots > 1 each position can attend to a different
-                # slot, so the decoder can read different parts of z at different positions.
-                self.z_to_memory = nn.Linear(L, 2 * D * cfg.dec_layers * cfg.z_slots)
-            if self.use_embedding:
-                # Optimus' "embedding" scheme: z is added to every decoder input embedding.
-                self.z_to_embedding = nn.Linear(L, D)
-        elif self.dec_type == "gru":
-            self.gru = GRUDecoder(D, L, cfg.dec_layers, cfg.dropout)
-        else:
-            self.pretrained_decoder = PretrainedDecoder(hf_decoder, cfg.vocab_size, L, self.use_memory, self.use_embedding)
-            limit = self.pretrained_decoder.max_positions
-            if limit and cfg.max_len > limit:
-                from textvae.errors import ConfigError
-
-                raise ConfigError(f"model.max_len={cfg.max_len} is longer than the pretrained decoder's {limit} positions")
+        L = cfg.latent_dim
+        self.is_lm = L == 0  # latent_dim 0: a plain language model, the baseline; it has no encoder
+        encoder_cls = None if self.is_lm else ENCODERS[cfg.encoder.type]
+        decoder_cls = DECODERS[cfg.decoder.type]
+        # One token embedding serves the encoder input, the decoder input and the output layer
+        # (tied weights) of the parts made from scratch; positions are learned, separately for
+        # encoder and decoder. A pretrained part brings its own embeddings; with a pretrained
+        # decoder, a from-scratch encoder still reads the decoder's token ids through tok_emb.
+        tok_emb = None
+        if any(c is not None and c.uses_token_embedding for c in (encoder_cls, decoder_cls)):
+            self.tok_emb = tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder: Optional[Encoder] = None
+        if encoder_cls is not None:
+            self.encoder = encoder_cls.build(cfg, tok_emb, pretrained_configs)  # -> states (B, S, H)
+            self.to_posterior = nn.Linear(self.encoder.out_dim, 2 * L)  # -> (mu, logvar)
+        self.decoder: Decoder = decoder_cls.build(cfg, tok_emb, pretrained_configs)
         if not self.is_lm and cfg.bow_weight > 0:
             # Bag-of-words head (Zhao et al. 2017): z -> one distribution over the vocabulary
             # that every token of the sentence is scored under, whatever its position.
             self.z_to_bow = nn.Linear(L, cfg.vocab_size)
-        # Initialise textvae's own layers only; pretrained weights stay as loaded.
-        keep = {id(m) for part in (hf_encoder, hf_decoder) if part is not None for m in part.modules()}
-        self.apply(lambda m: None if id(m) in keep else self._init_weights(m))
+        self._init_parameters()
+
+    def _parts(self) -> list[tuple[str, Part]]:
+        """('encoder', the encoder) (absent for a language model) and ('decoder', the decoder)."""
+        parts = [("encoder", self.encoder), ("decoder", self.decoder)]
+        return [(name, part) for name, part in parts if part is not None]
+
+    def _init_parameters(self) -> None:
+        """Initialise textvae's own layers; pretrained weights stay as loaded.
+
+        The order decides which random numbers each layer draws, so it is fixed: first the token
+        embedding, then the parts' own embedding tables (``Part.embeddings``: the encoder's, then
+        the decoder's position embedding), then every other Linear and Embedding in registration
+        order (encoder, to_posterior, decoder, z_to_bow). It is the order of the model before its
+        parts were classes (tok_emb, enc_pos, dec_pos, encoder blocks, ...), so a seed gives the
+        same weights as it did then (the GRU keeps its own init, drawn when it is built).
+        """
+        cfg, L = self.cfg, self.cfg.latent_dim
+        loaded = [p.pretrained_module() for _, p in self._parts() if p.pretrained_module() is not None]
+        done = {id(m) for hf in loaded for m in hf.modules()}
+        first = [self.tok_emb] if hasattr(self, "tok_emb") else []
+        first += [m for _, part in self._parts() for m in part.embeddings()]
+        for m in first:
+            self._init_weights(m)
+            done.add(id(m))
+        self.apply(lambda m: None if id(m) in done else self._init_weights(m))
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") and ".hf." not in name:  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(cfg.enc_layers, cfg.dec_layers)))
@@ -188,17 +575,6 @@ class SentenceVAE(nn.Module):
             with torch.no_grad():
                 self.to_posterior.bias[L:].fill_(cfg.init_logvar)
 
-    def pretrained_configs(self) -> dict:
-        """The ``transformers`` configs of the pretrained parts (what a checkpoint stores to rebuild them)."""
-        from textvae.pretrained import config_dict
-
-        out = {}
-        if self.enc_type == "pretrained":
-            out["encoder"] = config_dict(self.pretrained_encoder.hf)
-        if self.dec_type == "pretrained":
-            out["decoder"] = config_dict(self.pretrained_decoder.hf)
-        return out
-
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -208,31 +584,33 @@ class SentenceVAE(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
+    def pretrained_configs(self) -> dict:
+        """The ``transformers`` configs of the pretrained parts (what a checkpoint stores to rebuild them)."""
+        from textvae.pretrained import config_dict
+
+        return {name: config_dict(part.pretrained_module()) for name, part in self._parts()
+                if part.pretrained_module() is not None}
+
+    def pretrained_prefixes(self) -> dict[str, str]:
+        """Parameter-name prefix of each pretrained part's ``transformers`` weights, e.g.
+        {'encoder': 'encoder.hf.'} (the training loop gives them model.encoder.lr / model.decoder.lr)."""
+        names = {id(m): name for name, m in self.named_modules()}
+        return {kind: names[id(part.pretrained_module())] + "." for kind, part in self._parts()
+                if part.pretrained_module() is not None}
+
     # ------------------------------------------------------------------ encoder
 
     def encode(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """enc_ids, enc_mask (B, S) -> mu, logvar (B, L)."""
-        B, S = enc_ids.shape
         if self.is_lm:
-            empty = torch.zeros(B, 0, device=enc_ids.device)
+            empty = torch.zeros(enc_ids.shape[0], 0, device=enc_ids.device)
             return empty, empty
-        if self.enc_type == "pretrained":
-            # enc_ids come from the encoder's own tokenizer (textvae/data.py: collate)
-            x = self.pretrained_encoder(enc_ids, enc_mask)  # (B, S, H)
-        else:
-            if S > self.cfg.max_len:
-                raise ValueError(f"sequence of {S} tokens is longer than model.max_len={self.cfg.max_len}")
-            pos = torch.arange(S, device=enc_ids.device)
-            x = self.drop(self.tok_emb(enc_ids) + self.enc_pos(pos))  # (B, S, D)
-            attn_mask = enc_mask[:, None, None, :]  # (B, 1, 1, S): ignore padding keys
-            for block in self.encoder:
-                x, _ = block(x, mask=attn_mask)
-            x = self.enc_ln(x)
+        x = self.encoder(enc_ids, enc_mask)  # (B, S, H)
         if self.cfg.pooling == "cls":
             h = x[:, 0]  # the bos position (or a pretrained encoder's [CLS]) acts as CLS
         else:
             m = enc_mask.unsqueeze(-1).to(x.dtype)
-            h = (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, D)
+            h = (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, H)
         mu, logvar = self.to_posterior(h).chunk(2, dim=-1)
         return mu, logvar
 
@@ -247,74 +625,35 @@ class SentenceVAE(nn.Module):
     # ------------------------------------------------------------------ decoder
 
     def init_cache(self, z: torch.Tensor) -> Any:
-        """The decoder's state before the first token. Transformer: the z memory slot of every layer
-        as the start of a key/value cache, (B, H, M, Dh), M = 0 or model.z_slots; GRU: the initial hidden
-        state; pretrained: a ``transformers`` cache holding the z memory."""
-        if self.dec_type == "gru":
-            return self.gru.init_state(z)
-        if self.dec_type == "pretrained":
-            return self.pretrained_decoder.init_cache(z)
-        B = z.shape[0]
-        D, H = self.cfg.d_model, self.cfg.n_heads
-        if not self.use_memory:
-            empty = z.new_zeros(B, H, 0, D // H)
-            return [(empty, empty) for _ in self.decoder]
-        M = self.cfg.z_slots
-        mem = self.z_to_memory(z).view(B, len(self.decoder), 2, M, H, D // H).transpose(3, 4)  # (B, layers, 2, H, M, Dh)
-        return [(mem[:, i, 0], mem[:, i, 1]) for i in range(len(self.decoder))]
+        """The decoder's state before the first token, from z (B, L). Transformer: the z memory slots
+        of every layer as the start of a key/value cache, (B, H, M, Dh), M = 0 or model.z_slots; GRU:
+        the initial hidden state; pretrained: a ``transformers`` cache holding the z memory."""
+        return self.decoder.init_cache(z)
 
-    def decode(self, dec_in: torch.Tensor, z: torch.Tensor, cache: Optional[KVCache] = None,
-               start: int = 0, last_only: bool = False) -> tuple[torch.Tensor, KVCache]:
+    def decode(self, dec_in: torch.Tensor, z: torch.Tensor, cache: Any = None,
+               start: int = 0, last_only: bool = False) -> tuple[torch.Tensor, Any]:
         """Decoder logits for tokens at positions start..start+T-1.
 
         Args:
             dec_in: (B, T) token ids.
             z: (B, L) latent codes.
-            cache: keys/values of the z memory and earlier tokens (from :meth:`init_cache` or
-                an earlier call); None starts afresh.
+            cache: the decoder's state after the z memory and earlier tokens (from :meth:`init_cache`
+                or an earlier call); None starts afresh.
             start: position of dec_in[:, 0] (the number of tokens already in the cache).
             last_only: project only the last position to the vocabulary (logits (B, 1, V)).
         Returns:
             logits (B, T, V) and the extended cache.
         """
-        B, T = dec_in.shape
+        T = dec_in.shape[1]
         if start + T > self.cfg.max_len:
             raise ValueError(f"decoding past model.max_len={self.cfg.max_len}")
         if cache is None:
             cache = self.init_cache(z)
-        if self.dec_type == "gru":
-            h, cache = self.gru(self.drop(self.tok_emb(dec_in)), z, cache)  # (B, T, D)
-            return F.linear(h[:, -1:] if last_only else h, self.tok_emb.weight), cache  # tied output embedding
-        if self.dec_type == "pretrained":
-            return self.pretrained_decoder(dec_in, z, cache, start, last_only)
-        pos = torch.arange(start, start + T, device=dec_in.device)
-        x = self.tok_emb(dec_in) + self.dec_pos(pos)  # (B, T, D)
-        if self.use_embedding:
-            x = x + self.z_to_embedding(z).unsqueeze(1)
-        x = self.drop(x)
-        P = cache[0][0].shape[2]  # memory slot + cached tokens
-        mask = None
-        if T > 1:
-            # query i (absolute position P+i in the key sequence) sees keys 0..P+i
-            mask = torch.arange(P + T, device=dec_in.device)[None, :] <= (P + torch.arange(T, device=dec_in.device))[:, None]
-            if P == 0:
-                mask = None  # plain causal attention: the fast path
-        new_cache: KVCache = []
-        for block, layer_cache in zip(self.decoder, cache):
-            prefix = layer_cache if P > 0 else None
-            x, kv = block(x, mask=mask, causal=mask is None and T > 1, prefix=prefix)
-            new_cache.append(kv)
-        x = self.dec_ln(x[:, -1:] if last_only else x)
-        return F.linear(x, self.tok_emb.weight), new_cache  # tied output embedding
+        return self.decoder(dec_in, z, cache, start, last_only)
 
     def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         """The decoder state of rows ``rows`` (beam search keeps the surviving hypotheses)."""
-        if self.dec_type == "gru":
-            return cache[:, rows]  # (layers, B, D)
-        if self.dec_type == "pretrained":
-            cache.reorder_cache(rows)
-            return cache
-        return [(k[rows], v[rows]) for k, v in cache]
+        return self.decoder.reorder_cache(cache, rows)
 
     # ------------------------------------------------------------------ training
 
@@ -335,151 +674,3 @@ class SentenceVAE(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-# ---------------------------------------------------------------------------- other decoders and encoders
-# Chosen by model.encoder.type / model.decoder.type; SentenceVAE switches on them in __init__,
-# encode, init_cache, decode and reorder_cache. Each keeps the decoder interface above:
-# init_cache(z) -> state, decode(tokens, z, state, start) -> logits, new state.
-
-
-class GRUDecoder(nn.Module):
-    """The recurrent decoder of the classic sentence VAE (Bowman et al. 2016).
-
-    z sets the initial hidden state of every layer (Bowman et al. 2016) and is also concatenated
-    to every input embedding, so that it cannot fade over a long sentence (as in Yang et al. 2017
-    and He et al. 2019). The hidden state is the decoding cache: (layers, B, D).
-    """
-
-    def __init__(self, d_model: int, latent_dim: int, layers: int, dropout: float):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.layers = layers
-        self.d_model = d_model
-        if latent_dim > 0:
-            self.z_to_hidden = nn.Linear(latent_dim, layers * d_model)
-        self.rnn = nn.GRU(d_model + latent_dim, d_model, num_layers=layers, batch_first=True,
-                          dropout=dropout if layers > 1 else 0.0)
-        self.ln = nn.LayerNorm(d_model)
-
-    def init_state(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, L) -> initial hidden state (layers, B, D); zeros for a language model (L = 0)."""
-        B = z.shape[0]
-        if self.latent_dim == 0:
-            return z.new_zeros(self.layers, B, self.d_model)
-        h = torch.tanh(self.z_to_hidden(z))  # (B, layers * D), in the GRU's (-1, 1) range
-        return h.view(B, self.layers, self.d_model).transpose(0, 1).contiguous()
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, D) input embeddings, z (B, L), state (layers, B, D) -> outputs (B, T, D), new state."""
-        if self.latent_dim > 0:
-            x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
-        out, state = self.rnn(x, state.to(x.dtype))
-        return self.ln(out), state
-
-
-class PretrainedEncoder(nn.Module):
-    """A pretrained ``transformers`` encoder (e.g. a BERT-family model) whose token states feed the
-    posterior head. It reads ids from its own tokenizer. Frozen: no gradients and no dropout."""
-
-    def __init__(self, hf: nn.Module, freeze: bool):
-        super().__init__()
-        self.hf = hf
-        self.freeze = freeze
-        if freeze:
-            hf.requires_grad_(False)
-            hf.eval()
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.hf.config.hidden_size)
-
-    def train(self, mode: bool = True) -> "PretrainedEncoder":
-        super().train(mode)
-        if self.freeze:
-            self.hf.eval()  # a frozen encoder always gives the same states for a sentence
-        return self
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask (B, S) -> last hidden states (B, S, H)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            return self.hf(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-
-
-class PretrainedDecoder(nn.Module):
-    """A pretrained causal LM (``transformers.AutoModelForCausalLM``) conditioned on z as in
-    Optimus (Li et al. 2020): z becomes one extra key/value slot at every layer ("memory"),
-    passed to the model as a past key/value cache that every token attends to, and/or is added
-    to every input embedding ("embedding"). Positions count tokens only, not the memory slot.
-    """
-
-    def __init__(self, hf: nn.Module, vocab_size: int, latent_dim: int, use_memory: bool, use_embedding: bool):
-        super().__init__()
-        from textvae.errors import ConfigError
-        from textvae.pretrained import cache_argument
-
-        rows = hf.get_input_embeddings().weight.shape[0]
-        # The tokenizer may add up to four special tokens (pad, bos, eos, unk) that the model lacks;
-        # a model may also pad its embedding table (to a multiple of 64 or 128). Anything else
-        # means the tokenizer belongs to another model.
-        if not rows - 128 < vocab_size <= rows + 4:
-            raise ConfigError(f"the tokenizer has {vocab_size} tokens but the pretrained decoder's embedding has {rows} "
-                              f"rows; use the decoder's own tokenizer (tokenizer.path = the decoder's folder)")
-        if vocab_size != rows:
-            hf.resize_token_embeddings(vocab_size)
-        self.hf = hf
-        c = hf.config
-        self.n_layers = int(c.num_hidden_layers)
-        n_heads = int(c.num_attention_heads)
-        self.kv_heads = int(getattr(c, "num_key_value_heads", None) or n_heads)
-        self.head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
-        self.use_memory, self.use_embedding = use_memory, use_embedding
-        if use_memory:
-            # Optimus' "memory" scheme: z -> one key and one value per layer (and key/value head)
-            self.z_to_memory = nn.Linear(latent_dim, 2 * self.n_layers * self.kv_heads * self.head_dim)
-        if use_embedding:
-            # Optimus' "embedding" scheme: z -> a vector added to every input embedding
-            self.z_to_embedding = nn.Linear(latent_dim, int(c.hidden_size))
-        self.max_positions = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
-        self._cache_arg = cache_argument(hf)
-
-    def init_cache(self, z: torch.Tensor):
-        from textvae.pretrained import new_cache
-
-        cache = new_cache(self.hf.config)
-        if self.use_memory:
-            B = z.shape[0]
-            mem = self.z_to_memory(z).view(B, self.n_layers, 2, self.kv_heads, 1, self.head_dim)
-            for i in range(self.n_layers):
-                cache.update(mem[:, i, 0], mem[:, i, 1], i)
-        return cache
-
-    def forward(self, dec_in: torch.Tensor, z: torch.Tensor, cache, start: int, last_only: bool = False):
-        """dec_in (B, T) at positions start..start+T-1 -> logits (B, T or 1, V) and the extended cache."""
-        B, T = dec_in.shape
-        from textvae.pretrained import returned_cache
-
-        x = self.hf.get_input_embeddings()(dec_in)  # (B, T, H)
-        if self.use_embedding:
-            x = x + self.z_to_embedding(z).to(x.dtype).unsqueeze(1)
-        memory = 1 if self.use_memory else 0
-        attention = torch.ones(B, memory + start + T, dtype=torch.long, device=dec_in.device)
-        positions = torch.arange(start, start + T, device=dec_in.device).expand(B, T)
-        out = self.hf(inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=True,
-                      **{self._cache_arg: cache})
-        logits = out.logits[:, -1:] if last_only else out.logits
-        return logits, returned_cache(out)
-
-
-def _pretrained_part(kind: str, name_or_path: Optional[str], saved: Optional[dict]) -> nn.Module:
-    """The ``transformers`` module of a pretrained encoder or decoder: rebuilt from a checkpoint's
-    saved config when there is one, else loaded with its weights from ``name_or_path``."""
-    from textvae import pretrained
-
-    if saved is not None:
-        if kind not in saved:
-            raise ValueError(f"the checkpoint has no saved config for its pretrained {kind}")
-        return pretrained.from_config(kind, saved[kind])
-    if kind == "encoder":
-        return pretrained.load_encoder(str(name_or_path))
-    return pretrained.load_causal_lm(str(name_or_path))

@@ -10,8 +10,11 @@ endpoint:
     POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0}          -> {"sentences": [...]}
     POST /api/interpolate   {"a": "...", "b": "...", "steps": 9, "method": "slerp"}
                                                                              -> {"path": [{"t", "text"}...]}
-    POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 8, "method": "mean-diff"}
-                                                                             -> {"output": "...", "alpha": 8}
+    POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff"}
+                                                                             -> {"output": "...", "alpha": 1.5}
+
+The transfer's method defaults to :data:`SLIDER_METHOD` and its alpha to that method's
+``textvae.transfer.DEFAULT_ALPHA``; ``/api/info`` reports both.
 
 Bad input (malformed JSON, a missing or empty sentence, one over :data:`MAX_CHARS` characters,
 an unknown label, numbers out of range) gets status 400 and ``{"error": "one line"}``; the
@@ -42,8 +45,8 @@ MAX_STEPS = 21
 MAX_ALPHA = 50.0
 SLIDER_METHOD = "mean-diff"
 """The demo's transfer: one decode per slider move, and the output follows alpha smoothly
-(textvae's default, 'closest', decodes SEARCH_CANDIDATES x (CLOSEST_SAMPLES + 1) candidates and
-picks one)."""
+(textvae's default, ``textvae.transfer.DEFAULT_METHOD``, decodes ``transfer.SEARCH_CANDIDATES x
+(transfer.CLOSEST_SAMPLES + 1)`` candidates per sentence and picks one)."""
 
 
 class DemoError(InputError):
@@ -66,7 +69,7 @@ class Demo:
         self.labels = list(vae.attributes.labels) if vae.attributes is not None else []
 
     def info(self) -> dict[str, Any]:
-        from textvae.api import DEFAULT_ALPHA
+        from textvae.transfer import DEFAULT_ALPHA
 
         return {"checkpoint": str(self.vae.path), "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
@@ -90,7 +93,7 @@ class Demo:
         return {"path": [{"t": i / (steps - 1), "text": t} for i, t in enumerate(texts)], "method": method}
 
     def transfer(self, body: dict[str, Any]) -> dict[str, Any]:
-        from textvae.api import DEFAULT_ALPHA
+        from textvae.transfer import DEFAULT_ALPHA
 
         if not self.labels:
             raise DemoError("this checkpoint has no attribute vectors, so it cannot transfer "
@@ -115,14 +118,16 @@ def _field(body: dict[str, Any], key: str, default: Any) -> Any:
 
 
 def _sentence(body: dict[str, Any], key: str) -> str:
-    from textvae.data import normalise_text
+    """One sentence, normalised and checked by :func:`textvae.data.check_sentences`."""
+    from textvae.data import check_sentences
 
     value = _field(body, key, None)
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # check_sentences would take a list as several sentences
         raise DemoError(f"'{key}' must be a string")
-    text = normalise_text(value)
-    if not text:
-        raise DemoError(f"'{key}' is empty: type a sentence")
+    try:
+        (text,) = check_sentences(value)
+    except InputError:  # the one thing wrong with a string is that it is empty
+        raise DemoError(f"'{key}' is empty: type a sentence") from None
     if len(text) > MAX_CHARS:
         raise DemoError(f"'{key}' is too long ({len(text)} characters; at most {MAX_CHARS})")
     return text
@@ -157,87 +162,104 @@ def _choice(body: dict[str, Any], key: str, default: Optional[str], allowed: Any
 # --------------------------------------------------------------------------- HTTP
 
 
+class Handler(BaseHTTPRequestHandler):
+    """The demo's HTTP side; :func:`make_handler` binds it to a :class:`Demo`."""
+
+    demo: Demo
+    routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+    server_version = "textvae"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # through logging, not raw stderr
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        # Nothing may load from elsewhere: the page is self-contained by design.
+        self.send_header("Content-Security-Policy",
+                         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                         "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict[str, Any]) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+        elif path == "/api/info":
+            self._json(200, self.demo.info())
+        elif path in self.routes:
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"use POST with a JSON body for {path}")
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        raw = self._read_body()
+        if raw is None:
+            return None
+        action = self.routes.get(path)
+        if action is None:
+            return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:100]}")
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {str(e)[:120]}")
+        if not isinstance(body, dict):
+            return self._error(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
+        self._dispatch(path, action, body)
+
+    def _read_body(self) -> Optional[bytes]:
+        """The request body, or None after answering a missing or too large Content-Length."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+            return None
+        if length < 0 or length > MAX_BODY:
+            # Drain a moderately large body so the client reads the answer instead of a reset;
+            # then drop the connection either way.
+            self.close_connection = True
+            if 0 < length <= 64 * MAX_BODY:
+                self.rfile.read(length)
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"request body too large ({length} bytes; at most {MAX_BODY})")
+            return None
+        return self.rfile.read(length)
+
+    def _dispatch(self, path: str, action: Callable[[dict[str, Any]], dict[str, Any]],
+                  body: dict[str, Any]) -> None:
+        """Run an endpoint and answer its result, or its error in one line."""
+        try:
+            result = action(body)
+        except DemoError as e:
+            return self._error(e.status, str(e))
+        except TextVAEError as e:  # e.g. an unknown label caught deeper down
+            return self._error(HTTPStatus.BAD_REQUEST, str(e).splitlines()[0])
+        except Exception as e:  # noqa: BLE001 - a bug must not take the server down
+            log.exception("error in %s", path)
+            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__})")
+        self._json(200, result)
+
+
 def make_handler(demo: Demo) -> type[BaseHTTPRequestHandler]:
-    routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-        "/api/sample": demo.sample, "/api/interpolate": demo.interpolate, "/api/transfer": demo.transfer}
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "textvae"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # through logging, not raw stderr
-            log.debug("%s %s", self.address_string(), fmt % args)
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            # Nothing may load from elsewhere: the page is self-contained by design.
-            self.send_header("Content-Security-Policy",
-                             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                             "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, status: int, obj: dict[str, Any]) -> None:
-            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
-
-        def _error(self, status: int, message: str) -> None:
-            self._json(status, {"error": message})
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            path = self.path.split("?", 1)[0]
-            if path in ("/", "/index.html"):
-                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
-            elif path == "/api/info":
-                self._json(200, demo.info())
-            elif path in routes:
-                self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"use POST with a JSON body for {path}")
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}")
-
-        do_HEAD = do_GET
-
-        def do_POST(self) -> None:  # noqa: N802
-            path = self.path.split("?", 1)[0]
-            action = routes.get(path)
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                return self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-            if length < 0 or length > MAX_BODY:
-                # Drain a moderately large body so the client reads the answer instead of a reset;
-                # then drop the connection either way.
-                self.close_connection = True
-                if 0 < length <= 64 * MAX_BODY:
-                    self.rfile.read(length)
-                return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   f"request body too large ({length} bytes; at most {MAX_BODY})")
-            raw = self.rfile.read(length)
-            if action is None:
-                return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:100]}")
-            try:
-                body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {str(e)[:120]}")
-            if not isinstance(body, dict):
-                return self._error(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
-            try:
-                result = action(body)
-            except DemoError as e:
-                return self._error(e.status, str(e))
-            except TextVAEError as e:  # e.g. an unknown label caught deeper down
-                return self._error(HTTPStatus.BAD_REQUEST, str(e).splitlines()[0])
-            except Exception as e:  # noqa: BLE001 - a bug must not take the server down
-                log.exception("error in %s", path)
-                return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__})")
-            self._json(200, result)
-
-    return Handler
+    """A request handler class serving ``demo``."""
+    routes = {"/api/sample": demo.sample, "/api/interpolate": demo.interpolate, "/api/transfer": demo.transfer}
+    return type("Handler", (Handler,), {"demo": demo, "routes": routes})
 
 
 def make_server(vae, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:

@@ -25,15 +25,14 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
 from textvae import checkpoint as ckpt
+from textvae.config import Config
+from textvae.data import read_labelled
 from textvae.errors import DataError, InputError
-
-if TYPE_CHECKING:
-    from textvae.api import TextVAE
 
 log = logging.getLogger("textvae")
 
@@ -190,85 +189,6 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], buckets: int =
     return clf
 
 
-# --------------------------------------------------------------------------- labelled data
-
-
-def read_labelled(source: str, text_column: str, label_column: str, split: str = "train", min_words: int = 1,
-                  max_words: int = 0, id_column: Optional[str] = None) -> list[dict[str, Any]]:
-    """Rows {text, label, id?, row} of a labelled file, cleaned as for training: whitespace
-    normalised, empty rows dropped, word-count filters applied. ``row`` is the position in the file."""
-    from textvae.data import column, load_split, normalise_text
-
-    ds = load_split(source, split, text_column, label_column)
-    if id_column is not None and id_column not in ds.column_names:
-        raise DataError(f"{source}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
-    ids = column(ds, id_column) if id_column else [None] * len(ds)
-    rows = []
-    for i, (text, label, key) in enumerate(zip(column(ds, text_column), column(ds, label_column), ids)):
-        text = normalise_text(text if isinstance(text, str) else None)
-        words = len(text.split())
-        if not text or label is None or words < min_words or (max_words and words > max_words):
-            continue
-        rows.append({"text": text, "label": str(label), "id": key, "row": i})
-    return rows
-
-
-def transfer_inputs(data: str, source_label: str, text_column: str, label_column: str, min_words: int = 1,
-                    max_words: int = 0, refs: Optional[str] = None, refs_column: Optional[str] = None,
-                    id_column: Optional[str] = None, split: str = "train", limit: int = 0
-                    ) -> tuple[list[str], Optional[list[str]]]:
-    """Inputs of a transfer evaluation and their references.
-
-    The inputs are the rows of the labelled file ``data`` whose label is ``source_label`` and
-    that pass the word-count filters. References come from column ``refs_column`` of the file
-    ``refs``: joined on ``id_column`` (present in both files) when given, else the n-th
-    reference belongs to the n-th ``source_label`` row of ``data`` (counted before the
-    word-count filters). Inputs without a reference are left out, with a warning.
-
-    Returns:
-        (sources, references or None), at most ``limit`` of each (0: all).
-    """
-    from textvae.data import column, load_split, normalise_text
-
-    rows = [r for r in read_labelled(data, text_column, label_column, split, min_words, max_words, id_column)
-            if r["label"] == source_label]
-    if not rows:
-        raise DataError(f"{data}: no {source_label!r} rows with {min_words}..{max_words or 'any'} words")
-    references = None
-    if refs:
-        if not refs_column:
-            raise InputError("references need the name of their column")
-        ds = load_split(refs, "train", refs_column)
-        texts = [normalise_text(t if isinstance(t, str) else None) for t in column(ds, refs_column)]
-        if id_column:
-            if id_column not in ds.column_names:
-                raise DataError(f"{refs}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
-            by_id = {str(k): t for k, t in zip(column(ds, id_column), texts)}
-            kept = [r for r in rows if str(r["id"]) in by_id]
-            if len(kept) < len(rows):
-                log.warning("%d inputs have no reference with the same %s; they are left out",
-                            len(rows) - len(kept), id_column)
-            rows = kept
-            references = [by_id[str(r["id"])] for r in rows]
-        else:
-            every = [r for r in read_labelled(data, text_column, label_column, split) if r["label"] == source_label]
-            order = {r["row"]: n for n, r in enumerate(every)}
-            if len(order) != len(texts):
-                raise DataError(f"{data} has {len(order)} {source_label!r} rows but {refs} has {len(texts)} "
-                                f"references; align them with --id-column COL")
-            references = [texts[order[r["row"]]] for r in rows]
-        if not rows:
-            raise DataError(f"no input of {data} has a reference in {refs}")
-        empty = sum(not t for t in references)
-        if empty:
-            raise DataError(f"{refs}: {empty} references in column {refs_column!r} are empty")
-    sources = [r["text"] for r in rows]
-    if limit:
-        sources = sources[:limit]
-        references = None if references is None else references[:limit]
-    return sources, references
-
-
 def _file_key(source: str) -> str:
     p = Path(source)
     if p.is_file():
@@ -281,6 +201,14 @@ def _file_key(source: str) -> str:
 
 
 # --------------------------------------------------------------------------- cached per checkpoint
+
+
+class Labelled(Protocol):
+    """A checkpoint whose config names the labelled training data (a :class:`textvae.api.TextVAE`)."""
+
+    config: Config
+    meta: dict[str, Any]
+    path: Optional[Path]
 
 
 def classifier_files(clf: StyleClassifier) -> dict[str, bytes]:
@@ -310,13 +238,13 @@ def _load_cached(folder: Path, key: dict[str, Any], features: str) -> Optional[S
         return None
 
 
-def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refresh: bool = False,
+def classifier_for(vae: Labelled, seed: int = 0, buckets: int = 1 << 18, refresh: bool = False,
                    features: str = "word") -> StyleClassifier:
     """The style classifier of a checkpoint: trained on its config's training file and label
     column, scored on its validation file, cached in its folder.
 
     Args:
-        vae: the loaded model (only its config, metadata and folder are used).
+        vae: the checkpoint (only its config, metadata and folder are used).
         refresh: retrain even when a valid cache exists.
         features: 'word' for the scorer of transfers; 'char' for the judge of :func:`judge_for`.
     """
@@ -357,7 +285,7 @@ def classifier_for(vae: "TextVAE", seed: int = 0, buckets: int = 1 << 18, refres
     return clf
 
 
-def judge_for(vae: "TextVAE", refresh: bool = False) -> StyleClassifier:
+def judge_for(vae: Labelled, refresh: bool = False) -> StyleClassifier:
     """The judge of the 'closest' and 'search' transfers (``judge='char'``): a second classifier
     on the same training data, with character 2-4-grams and another seed, cached as
     ``style_judge.safetensors``. It is not the scorer (word n-grams, :func:`classifier_for`), so
@@ -408,80 +336,6 @@ def score_transfer(outputs: Sequence[str], sources: Sequence[str], target: str, 
         ref_b, _ = corpus_bleu(outputs, refs)
         row["ref_bleu"], row["gm_ref"] = ref_b, geometric_mean(acc, ref_b)
     return row
-
-
-def evaluate_transfer(vae: "TextVAE", clf: StyleClassifier, sources: Sequence[str], source: str, target: str,
-                      refs: Optional[Sequence[str]] = None, method: Optional[str] = None, alpha: Optional[float] = None,
-                      sweep: Sequence[float] = (), methods: Sequence[str] = (), seed: int = 0,
-                      strategy: str = "greedy", candidates: Optional[int] = None, judge: Optional[str] = None,
-                      no_repeat_ngram: int = 0, samples: Optional[int] = None) -> dict[str, Any]:
-    """Transfer ``sources`` and score them against the copy baseline (and the references).
-
-    Args:
-        vae: the model, with attribute vectors.
-        clf: the style classifier.
-        sources: sentences in the ``source`` style.
-        refs: their human rewrites in the target style, aligned, or None.
-        method, alpha: the transfer to report (defaults of :meth:`TextVAE.transfer`).
-        sweep: strengths to also report, for each of ``methods`` (default: ``method``); a method
-            'search:classifier' or 'closest:latent' names the judge too.
-        judge: how 'search' and 'closest' accept a candidate (default ``DEFAULT_JUDGE``; see
-            :meth:`TextVAE.transfer`).
-        samples: sampled decodes per strength of 'closest' (default ``CLOSEST_SAMPLES``).
-        no_repeat_ngram: decoding option of :func:`textvae.generate.decode` (0: off).
-    Returns:
-        {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
-        "gm_ref", "mean_alpha"}...], "examples": [...], "signature": sacrebleu's, ...}
-    """
-    from textvae.api import CLOSEST_SAMPLES, DEFAULT_ALPHA, DEFAULT_JUDGE, DEFAULT_TRANSFER, JUDGES, SEARCH_CANDIDATES
-
-    judge = judge or DEFAULT_JUDGE
-    for label in (source, target):
-        vae.require_attributes().index(label)
-        if label not in clf.labels:
-            raise InputError(f"unknown label {label!r}; the style classifier knows: {', '.join(clf.labels)}")
-    method = method or DEFAULT_TRANSFER
-    for m in [method, *methods]:
-        name, _, how = m.partition(":")
-        if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in JUDGES)):
-            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search or closest "
-                             f"(search and closest may name their judge: search:latent, closest:classifier...)")
-    alpha = DEFAULT_ALPHA[method.partition(":")[0]] if alpha is None else alpha
-    candidates = candidates or SEARCH_CANDIDATES
-    samples = CLOSEST_SAMPLES if samples is None else samples
-    sources = list(sources)
-    rows = [{"system": "copy (output = input)", "method": None, "alpha": None,
-             **score_transfer(sources, sources, target, clf, refs)}]
-    if refs is not None:
-        rows.append({"system": "reference", "method": None, "alpha": None,
-                     **score_transfer(list(refs), sources, target, clf, refs)})
-
-    def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
-        name, _, how = m.partition(":")  # 'search:classifier' picks the judge of the search
-        out = vae.transfer_detailed(sources, source, target, a, name, strategy=strategy, seed=seed,
-                                    candidates=candidates, judge=how or judge, samples=samples,
-                                    **({"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}))
-        row = {"system": system, "method": m, "alpha": a, **score_transfer(out.texts, sources, target, clf, refs),
-               "mean_alpha": float(out.alphas.mean())}
-        return row, out.texts
-
-    vae.encode(sources)  # warns once about sentences too long for the model
-    truncated, vae.warn_truncation = vae.truncated, False
-    try:
-        main_row, outputs = run(method, alpha, "textvae transfer")
-        rows.append(main_row)
-        sweep_rows = []
-        for m in (methods or [method]):
-            for a in sweep:
-                sweep_rows.append(run(m, float(a), "sweep")[0])
-    finally:
-        vae.warn_truncation = True
-    _, signature = corpus_bleu(sources[:1], sources[:1])
-    examples = [{"source": s, "output": o, **({"reference": r} if refs is not None else {})}
-                for s, o, r in zip(sources, outputs, refs if refs is not None else [None] * len(sources))]
-    return {"source_label": source, "target_label": target, "sentences": len(sources), "truncated": truncated,
-            "rows": rows,
-            "sweep": sweep_rows, "examples": examples, "signature": signature, "classifier": clf.info}
 
 
 def _pct(x: Optional[float]) -> str:

@@ -8,7 +8,6 @@ ids; its special tokens are looked up (and added when missing) and recorded.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -20,6 +19,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from textvae.config import TokenizerConfig
 from textvae.errors import CheckpointError, ConfigError
+from textvae.files import atomic_write
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -86,9 +86,8 @@ class Tokenizer:
         return self.backend.to_str()
 
     def save(self, path: str | Path) -> None:
-        """Write ``tokenizer.json`` atomically."""
-        path = Path(path)
-        _atomic_write_text(path, self.to_json())
+        """Write ``tokenizer.json`` through :func:`textvae.files.atomic_write`."""
+        atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, specials: dict[str, str] | None = None) -> "Tokenizer":
@@ -147,20 +146,6 @@ class EncoderTokenizer:
             raise CheckpointError(f"encoder tokenizer settings are damaged: {e}") from None
         except Exception as e:  # the Rust library raises plain Exceptions for bad JSON
             raise CheckpointError(f"encoder tokenizer is damaged: {str(e).splitlines()[0][:200]}") from None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _normalizer(cfg: TokenizerConfig) -> normalizers.Normalizer:

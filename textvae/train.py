@@ -1,33 +1,46 @@
 """One explicit training loop: data, model, AdamW, KL annealing, word dropout, free bits,
-mixed precision, validation, atomic checkpoints and exact resume."""
+mixed precision, validation, atomic checkpoints and exact resume.
+
+A run is set up, then looped. :func:`setup` builds everything a run needs (tokenizer, data,
+model, optimiser, loss scaler, the state a resume restores) into a :class:`TrainingRun`;
+:func:`train` repeats :func:`train_step`, one optimiser step of the VAE, and calls
+:func:`validate` and :func:`save` on schedule. :func:`run_config` gives ``textvae train`` the
+config of a new or resumed run. What is particular to several processes (torchrun) lives in
+``textvae/distributed.py``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
-import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 
 from textvae import checkpoint as ckpt
 from textvae import distributed
-from textvae.config import Config
+from textvae.config import Config, apply_overrides, from_dict, load_config
 from textvae.data import BucketBatcher, Corpus, collate, prepare_split, read_training_texts
-from textvae.errors import CheckpointError, ConfigError
+from textvae.distributed import DistInfo
+from textvae.errors import CheckpointError, ConfigError, TextVAEError
 from textvae.evaluate import evaluate_elbo
+from textvae.files import atomic_write
 from textvae.generate import sample
-from textvae.latent import corpus_attributes
 from textvae.losses import elbo_loss, word_dropout
 from textvae.model import SentenceVAE
 from textvae.schedules import kl_weight, learning_rate, word_dropout_rate
 from textvae.tokenizer import Tokenizer, build_tokenizer
+from textvae.transfer import corpus_attributes
+
+if TYPE_CHECKING:
+    from textvae.streaming import StreamingCorpus
 
 log = logging.getLogger("textvae")
 
@@ -81,8 +94,9 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
     Pretrained weights get their own groups when model.encoder.lr / model.decoder.lr differ from
     train.lr: a group's ``lr_scale`` multiplies the scheduled learning rate. Frozen weights are left out.
     """
-    scales = {"pretrained_encoder.hf.": cfg.model.encoder.lr / cfg.train.lr if cfg.model.encoder.lr else 1.0,
-              "pretrained_decoder.hf.": cfg.model.decoder.lr / cfg.train.lr if cfg.model.decoder.lr else 1.0}
+    part_lr = {"encoder": cfg.model.encoder.lr, "decoder": cfg.model.decoder.lr}
+    scales = {prefix: part_lr[part] / cfg.train.lr if part_lr[part] else 1.0
+              for part, prefix in model.pretrained_prefixes().items()}
     groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -125,9 +139,7 @@ class MetricsLog:
                 continue  # a line cut short when the run was killed
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(k + "\n" for k in kept))
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -141,6 +153,476 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------- config of a run
+
+# (epoch, position after the batch, the global batch's token-id lists), forever
+Batches = Iterator[tuple[int, int, list[list[int]]]]
+
+
+def run_config(config_path: Optional[str], overrides: list[str], out: Optional[str],
+               resume: bool) -> tuple[Config, Path]:
+    """The config and run folder of ``textvae train``.
+
+    A new run reads ``config_path``. A resumed run given no config file starts from its
+    checkpoint's config, with the vocabulary size cleared as in a config file (the tokenizer
+    sets it). ``overrides`` apply either way. :func:`train` then checks a resumed run's model
+    and tokenizer sections against its checkpoint (:func:`resumed_config`).
+
+    Args:
+        config_path: a YAML (or JSON) config file, or None to continue a resumed run's config.
+        overrides: ``key.sub=value`` strings (``--set``).
+        out: the run folder; None for ``runs/<name>``.
+        resume: whether the run continues the checkpoint in ``out``.
+
+    Returns:
+        The config and the run folder.
+
+    Raises:
+        TextVAEError: no config file for a new run, or a resumed run without one names no folder.
+        ConfigError: a bad config file or override.
+        CheckpointError: the resumed run's checkpoint config is missing or damaged.
+    """
+    if config_path is None and not resume:
+        raise TextVAEError("give --config FILE (or --resume with --out RUN_DIR)")
+    if config_path is None:
+        if out is None:
+            raise TextVAEError("--resume without --config needs --out RUN_DIR")
+        saved = ckpt.read_meta(Path(out) / ckpt.CHECKPOINT_DIR)["config"]
+        saved["model"]["vocab_size"] = 0
+        cfg = from_dict(apply_overrides(saved, overrides))
+    else:
+        cfg = load_config(config_path, overrides)
+    return cfg, Path(out) if out else Path("runs") / cfg.name
+
+
+def resumed_config(cfg: Config, saved: Config, out_dir: Path) -> Config:
+    """The config a resumed run trains with: ``cfg`` with its checkpoint's model section.
+
+    Other sections may change on resume (more steps, another schedule); the model and
+    tokenizer sections must be the checkpoint's, the vocabulary size aside (the saved tokenizer's).
+
+    Raises:
+        ConfigError: the model or tokenizer section differs from the checkpoint's.
+    """
+    if saved.model != replace(cfg.model, vocab_size=saved.model.vocab_size) or saved.tokenizer != cfg.tokenizer:
+        raise ConfigError(f"cannot resume {out_dir}: the model or tokenizer section differs from the checkpoint's")
+    return replace(cfg, model=saved.model)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`setup` builds for a run, and where the run stands.
+
+    ``step`` counts optimiser steps, ``epoch`` and ``position`` are the data position after the
+    last batch used, ``skipped`` counts steps dropped for non-finite gradients: with the
+    optimiser, the loss scale and the random state, they are what a resume restores.
+    """
+
+    cfg: Config  # the vocabulary size filled in
+    out_dir: Path
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    dist: DistInfo
+    tok: Tokenizer
+    batches: Callable[[int, int], Batches]  # (epoch, position) -> the global batches from there on
+    train_set: Corpus  # when streaming, the sample that stands in for the corpus
+    valid_set: Optional[Corpus]  # None without validation data, and on ranks other than 0
+    label_names: list[str]
+    model: SentenceVAE  # the plain module: evaluation, sampling and checkpoints use it
+    ddp_model: torch.nn.Module  # DistributedDataParallel around model (model itself in one process)
+    train_model: torch.nn.Module  # what the loop calls: ddp_model, compiled when train.compile
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    amp: contextlib.AbstractContextManager
+    metrics: MetricsLog
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    skipped: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / ckpt.CHECKPOINT_DIR
+
+
+def setup(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingRun:
+    """Build a run: restored checkpoint, process group, device, tokenizer, data, model,
+    optimiser, loss scaler and metrics log (see :func:`train` for the arguments).
+
+    Returns:
+        The run at step 0, or where its checkpoint stopped when ``resume`` is set.
+
+    Raises:
+        ConfigError: a new run in a folder that holds a checkpoint, a resumed run whose model or
+            tokenizer section differs from the checkpoint's, or a bad device, precision or batch size.
+        CheckpointError: ``resume`` without a (complete) checkpoint.
+    """
+    out_dir = Path(out_dir)
+    cfg, saved, state = restore_checkpoint(cfg, out_dir, resume)
+    # torchrun (DistributedDataParallel): N processes, one global batch (textvae/distributed.py)
+    dist = distributed.from_env()
+    distributed.check_batch_size(cfg.data.batch_size, dist)
+    torch.manual_seed(cfg.train.seed)  # the model's initial weights and, unless resumed, the noise
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device, precision = _init_device(cfg, dist)
+    stream = _open_stream(cfg)
+    tok = saved.tokenizer if saved is not None else build_run_tokenizer(cfg, stream, dist)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))  # (a resumed run has it already)
+    batches, train_set, valid_set, label_names, data_desc = build_data(cfg, tok, stream, dist)
+    model, ddp_model, train_model, optimizer = build_model(cfg, saved, tok, device, dist)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    run = TrainingRun(cfg, out_dir, device, precision, dist, tok, batches, train_set, valid_set, label_names,
+                      model, ddp_model, train_model, optimizer, scaler, autocast_context(device, precision),
+                      MetricsLog(out_dir / "metrics.jsonl"))
+    if state is not None:
+        _restore_position(run, state)
+    log.info("model: %.2fM parameters; device %s, precision %s%s; %s", model.num_parameters() / 1e6, device, precision,
+             f", {dist.world_size} processes" if dist.enabled else "", data_desc)
+    _open_metrics(run, resumed=state is not None)
+    return run
+
+
+def restore_checkpoint(cfg: Config, out_dir: Path,
+                       resume: bool) -> tuple[Config, Optional[ckpt.Loaded], Optional[dict[str, Any]]]:
+    """The checkpoint a resumed run continues, or none for a new run.
+
+    Returns:
+        The config to train with (:func:`resumed_config`), the loaded checkpoint and its
+        trainer state; the config unchanged and None, None for a new run.
+    """
+    ckpt_dir = out_dir / ckpt.CHECKPOINT_DIR
+    if not resume:
+        if ckpt_dir.exists():
+            raise ConfigError(f"{out_dir} already holds a checkpoint; "
+                              "pass --resume to continue it or --out for a new run folder")
+        return cfg, None, None
+    if not (ckpt_dir / ckpt.CONFIG).exists():
+        raise CheckpointError(f"cannot resume: no checkpoint in {out_dir}")
+    saved = ckpt.load_pretrained(ckpt_dir)
+    cfg = resumed_config(cfg, saved.config, out_dir)
+    return cfg, saved, ckpt.load_trainer_state(ckpt_dir)
+
+
+def _init_device(cfg: Config, dist: DistInfo) -> tuple[torch.device, str]:
+    """This process's device (joining the process group under torchrun) and precision."""
+    device = resolve_device(cfg.train.device)
+    if dist.enabled:
+        device = distributed.init(dist, device)
+    precision = resolve_precision(cfg.train.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, precision
+
+
+def _open_stream(cfg: Config) -> Optional[StreamingCorpus]:
+    """The training stream when ``data.streaming`` is set."""
+    dc = cfg.data
+    if not dc.streaming:
+        return None
+    from textvae.streaming import StreamingCorpus
+
+    return StreamingCorpus(dc.train, dc.train_split, dc.text_column, dc.label_column, dc.min_words,
+                           dc.max_words, seed=cfg.train.seed, shuffle_buffer=dc.shuffle_buffer)
+
+
+def build_run_tokenizer(cfg: Config, stream: Optional[StreamingCorpus], dist: DistInfo) -> Tokenizer:
+    """A new run's tokenizer, trained on the training sentences (the first ``data.streaming_sample``
+    of the stream when streaming) or loaded (``tokenizer.kind: pretrained``), with a pretrained
+    encoder's own tokenizer attached. Rank 0 builds it; the other ranks receive it."""
+    dc = cfg.data
+    texts = None
+    tok = None
+    if dist.is_main:  # rank 0 trains the tokenizer, the other ranks receive it
+        if cfg.tokenizer.kind != "pretrained":
+            texts = (stream.sample(dc.streaming_sample)[0] if stream is not None else
+                     read_training_texts(dc.train, dc.train_split, dc.text_column, dc.min_words, dc.max_words))
+        tok = build_tokenizer(cfg.tokenizer, texts)
+    tok = distributed.broadcast_tokenizer(tok, dist)
+    log.info("tokenizer: %s, %d tokens%s", cfg.tokenizer.kind, tok.vocab_size,
+             f" (trained on the first {len(texts)} sentences of the stream)" if stream is not None and texts else "")
+    if cfg.model.encoder.type == "pretrained" and cfg.model.latent_dim > 0:
+        # A pretrained encoder reads sentences through its own tokenizer (textvae/data.py: collate).
+        from textvae.pretrained import load_encoder_tokenizer
+
+        tok.encoder_tokenizer = load_encoder_tokenizer(str(cfg.model.encoder.name_or_path))
+        log.info("encoder tokenizer: %s, %d tokens", cfg.model.encoder.name_or_path, tok.encoder_tokenizer.vocab_size)
+    return tok
+
+
+def build_data(cfg: Config, tok: Tokenizer, stream: Optional[StreamingCorpus], dist: DistInfo
+               ) -> tuple[Callable[[int, int], Batches], Corpus, Optional[Corpus], list[str], str]:
+    """The training batches, the training and validation corpora and the label names.
+
+    Returns:
+        ``(batches, train_set, valid_set, label_names, description)``: ``batches(epoch, position)``
+        yields the global batches from that data position on; ``valid_set`` is None without
+        validation data and on ranks other than 0; the description is for the log.
+    """
+    dc = cfg.data
+    max_tokens = cfg.model.max_len
+    common = dict(text_column=dc.text_column, label_column=dc.label_column, min_words=dc.min_words,
+                  max_words=dc.max_words, num_proc=dc.num_proc)
+    valid_set: Optional[Corpus] = None
+    with distributed.main_first(dist):  # rank 0 fills the datasets cache, then the others read it
+        if stream is not None:
+            # streaming: the sample stands in for the corpus (label names, attribute vectors)
+            train_set, label_names = stream.sample_corpus(dc.streaming_sample, tok, max_tokens)
+        else:
+            train_set, label_names = prepare_split(dc.train, dc.train_split, tok, max_tokens, name="train", **common)
+        if dc.valid and dist.is_main:  # only rank 0 validates
+            valid_set, _ = prepare_split(dc.valid, dc.valid_split, tok, max_tokens, label_names=label_names or None,
+                                         name="valid", **common)
+    if stream is not None:
+        batches = functools.partial(stream.batches, tok, max_tokens, dc.batch_size, dc.bucket_size)
+        return batches, train_set, valid_set, label_names, f"streaming {dc.train}"
+    batcher = BucketBatcher([len(x) for x in train_set.ids], dc.batch_size, dc.bucket_size, seed=cfg.train.seed)
+    return (functools.partial(_corpus_batches, batcher, train_set), train_set, valid_set, label_names,
+            f"{len(train_set)} training sentences, {len(batcher)} batches per epoch")
+
+
+def _corpus_batches(batcher: BucketBatcher, corpus: Corpus, epoch: int, position: int) -> Batches:
+    for e, p, idx in batcher.iterate(epoch, position):
+        yield e, p, [corpus.ids[i] for i in idx]
+
+
+def build_model(cfg: Config, saved: Optional[ckpt.Loaded], tok: Tokenizer, device: torch.device, dist: DistInfo
+                ) -> tuple[SentenceVAE, torch.nn.Module, torch.nn.Module, torch.optim.AdamW]:
+    """The model (new, or the resumed checkpoint's), its DDP and compiled wrappers, and the optimiser."""
+    # (resuming reuses the loaded model: pretrained parts are rebuilt from the checkpoint, not reloaded)
+    model = saved.model if saved is not None else SentenceVAE(cfg.model, pad_id=tok.pad_id)
+    model.to(device)
+    # What the loop calls: DDP syncs gradients; torch.compile wraps the DDP module. Evaluation,
+    # sampling and checkpoints use the plain module (the KV-cache decoder is never compiled).
+    ddp_model = distributed.wrap_ddp(model, dist, device)
+    train_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
+    return model, ddp_model, train_model, build_optimizer(model, cfg)
+
+
+def _legacy_optimizer_order(run: TrainingRun, saved: dict[str, Any]) -> dict[str, Any]:
+    """Optimiser state saved before the model's parts became classes (its model.safetensors has the
+    old parameter names) lists each group's parameters in the old order: the token embedding and the
+    encoder's and decoder's position embeddings first, then the rest in today's order. Reorder the
+    saved ids of each group to today's order (load_state_dict pairs them with parameters by position)."""
+    if not ckpt.has_legacy_names(run.out_dir / ckpt.CHECKPOINT_DIR):
+        return saved
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    first = ("tok_emb.weight", "encoder.pos.weight", "decoder.pos.weight")
+    groups = []
+    for group, saved_group in zip(run.optimizer.param_groups, saved["param_groups"]):
+        today = group["params"]
+        old = sorted(today, key=lambda p: first.index(names[id(p)]) if names[id(p)] in first else len(first))
+        position = {id(p): i for i, p in enumerate(old)}
+        groups.append({**saved_group, "params": [saved_group["params"][position[id(p)]] for p in today]})
+    return {**saved, "param_groups": groups}
+
+
+def _restore_position(run: TrainingRun, state: dict[str, Any]) -> None:
+    """Put a resumed run where its checkpoint stopped: optimiser, loss scale, step, data, RNG."""
+    run.optimizer.load_state_dict(_legacy_optimizer_order(run, state["optimizer"]))
+    if "scaler" in state and run.precision == "fp16":
+        run.scaler.load_state_dict(state["scaler"])
+    run.step, run.epoch, run.position, run.skipped = (int(state[k]) for k in ("step", "epoch", "position", "skipped"))
+    # each rank continues its own random stream (rank 0's for all when the world size changed)
+    ranks = state.get("rng_ranks")
+    _set_rng_state(ranks[run.dist.rank] if ranks is not None and len(ranks) == run.dist.world_size else state["rng"],
+                   run.device)
+
+
+def _open_metrics(run: TrainingRun, resumed: bool) -> None:
+    """Create the run folder; start ``metrics.jsonl`` afresh, or cut it back to the resumed step."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if not run.dist.is_main:
+        return  # only rank 0 writes the run folder
+    if resumed:
+        run.metrics.truncate_after(run.step)
+    else:
+        run.metrics.path.unlink(missing_ok=True)
+    if run.cfg.train.tensorboard:
+        from textvae.tboard import TensorBoardLog
+
+        run.metrics.mirror = TensorBoardLog(run.out_dir, start_step=run.step)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@dataclass
+class StepStats:
+    """What one optimiser step reports for the log (loss terms: this rank's, averaged over micro-batches)."""
+
+    beta: float
+    word_dropout: float
+    lr: float
+    sums: dict[str, float]
+    grad_norm: float = 0.0
+    tokens: int = 0
+    sentences: int = 0
+
+
+def train_step(run: TrainingRun, batches: Batches) -> StepStats:
+    """One optimiser step of the VAE: the schedules, then for each of ``train.grad_accum``
+    micro-batches word dropout, forward, loss and backward, then clipping and the update.
+
+    Advances ``run.step`` and the data position ``run.epoch`` / ``run.position``.
+    """
+    cfg, tc, tok = run.cfg, run.cfg.train, run.tok
+    beta = kl_weight(run.step, tc.kl, tc.max_steps)  # KL annealing (Bowman et al. 2016)
+    p_drop = word_dropout_rate(run.step, tc.word_dropout)
+    lr = learning_rate(run.step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # pretrained weights may have their own peak
+    stats = StepStats(beta, p_drop, lr, sums=_loss_sums(run))
+    for micro in range(tc.grad_accum):
+        run.epoch, run.position, seqs = distributed.next_global_batch(batches, run.dist)
+        b = collate(distributed.shard(seqs, run.dist), tok).to(run.device)
+        stats.tokens += b.n_tokens
+        stats.sentences += b.enc_ids.shape[0]
+        draw, eps = _global_noise(run, seqs, p_drop, b.dec_in.shape[1])
+        # Word dropout (Bowman et al. 2016): the decoder sees unk instead of some inputs.
+        dec_in = word_dropout(b.dec_in, p_drop, tok.unk_id, (tok.pad_id, tok.bos_id, tok.eos_id), draw=draw)
+        # DDP: gradients are averaged over the ranks once per optimiser step, not per micro-batch.
+        with distributed.no_sync(run.ddp_model, run.dist, sync=micro == tc.grad_accum - 1):
+            with run.amp:
+                out = run.train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps)
+            # rec + beta * KL, the KL with free bits (Kingma et al. 2016), + bag-of-words (Zhao et al. 2017)
+            terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits,
+                              out.bow_logits, cfg.model.bow_weight, (tok.eos_id,))
+            run.scaler.scale(terms["loss"] / tc.grad_accum).backward()
+        # one device-to-host copy for all logged terms, not one sync per term
+        for k, v in zip(stats.sums, torch.stack([terms[k].detach() for k in stats.sums]).tolist()):
+            stats.sums[k] += v / tc.grad_accum
+    stats.grad_norm = _clip_and_step(run)
+    run.step += 1
+    return stats
+
+
+def _loss_sums(run: TrainingRun) -> dict[str, float]:
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
+    if run.cfg.model.bow_weight > 0 and not run.model.is_lm:
+        sums["bow"] = 0.0
+    return sums
+
+
+def _global_noise(run: TrainingRun, seqs: list[list[int]], p_drop: float,
+                  width: int) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """This rank's rows of the word-dropout draw and of the z noise eps.
+
+    Random draws are made for the whole global batch and each rank keeps its rows, so N ranks
+    train on the noise one process would (exactly so without model dropout).
+    """
+    rows = distributed.rank_rows(run.dist)
+    draw = None
+    if p_drop > 0:
+        draw = torch.rand((len(seqs), max(map(len, seqs)) + 1), device=run.device)[rows, :width]
+    eps = torch.randn((len(seqs), run.cfg.model.latent_dim), device=run.device)[rows]
+    return draw, eps
+
+
+def _clip_and_step(run: TrainingRun) -> float:
+    """Clip the gradient norm (``train.grad_clip``), apply the update; returns the norm before clipping."""
+    run.scaler.unscale_(run.optimizer)
+    max_norm = run.cfg.train.grad_clip if run.cfg.train.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm))
+    if not math.isfinite(grad_norm):
+        run.skipped += 1  # non-finite gradients: the step is skipped, never applied
+        if run.precision == "fp16":
+            run.scaler.step(run.optimizer)  # sees the infs and skips; update() lowers the scale
+        run.scaler.update()
+    else:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+# --------------------------------------------------------------------------- logging, validation, saving
+
+
+@dataclass
+class _Window:
+    """The train records' clock: the loop's start, and the tokens since the last record and its time."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+
+
+def log_train(run: TrainingRun, stats: StepStats, window: _Window) -> dict[str, Any]:
+    """Write the train record of the step just taken (rank 0) and restart the throughput window.
+
+    Under torchrun the loss terms are the mean over the ranks, tokens and sentences their sums.
+    """
+    sums, (tokens, sentences, window_tokens) = distributed.reduce_log(
+        stats.sums, [stats.tokens, stats.sentences, window.tokens], run.dist, run.device)
+    now = time.perf_counter()
+    rec = {"step": run.step, "split": "train", **sums, "rec_per_token": sums["rec"] * sentences / max(tokens, 1),
+           "beta": stats.beta, "word_dropout": stats.word_dropout, "lr": stats.lr,
+           "grad_norm": stats.grad_norm, "skipped_steps": run.skipped, "epoch": run.epoch,
+           "tokens_per_s": window_tokens / max(now - window.start, 1e-9), "elapsed_s": now - window.t0}
+    if run.dist.is_main:
+        run.metrics.write(rec)
+    window.tokens, window.start = 0, now
+    return rec
+
+
+def validate(run: TrainingRun) -> dict[str, float]:
+    """Evaluate the ELBO on the validation corpus and log it; {} without one (and off rank 0)."""
+    if run.valid_set is None:
+        return {}
+    tc = run.cfg.train
+    res = evaluate_elbo(run.model, run.valid_set, run.tok, batch_size=2 * run.cfg.data.batch_size,
+                        max_batches=tc.eval_batches, seed=tc.seed, autocast=run.amp)
+    run.metrics.write({"step": run.step, "split": "valid", **res})
+    log.info("step %d valid: rec %.2f  KL %.2f  -ELBO %.2f  active units %d/%d",
+             run.step, res["rec"], res["kl"], res["neg_elbo"], res["active_units"], run.cfg.model.latent_dim)
+    return res
+
+
+def save(run: TrainingRun, final: bool = False) -> None:
+    """Write the checkpoint: weights, tokenizer, config and the trainer state for an exact resume.
+
+    Every rank must call it (their random states are gathered); rank 0 writes. The final
+    checkpoint of a labelled corpus also holds the attribute vectors for style transfer.
+    """
+    rngs = distributed.gather_objects(_rng_state(run.device), run.dist)  # every rank's, for an exact resume
+    if not run.dist.is_main:
+        return
+    trainer_state = {
+        "step": run.step, "epoch": run.epoch, "position": run.position, "skipped": run.skipped,
+        "optimizer": run.optimizer.state_dict(), "rng": rngs[0],
+    }
+    if run.dist.enabled:
+        trainer_state["rng_ranks"] = rngs
+    if run.precision == "fp16":
+        trainer_state["scaler"] = run.scaler.state_dict()
+    extra = _attribute_files(run) if final and run.train_set.labels is not None and not run.model.is_lm else None
+    meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
+            "step": run.step, "final": final}
+    ckpt.save_checkpoint(run.ckpt_dir, run.model, run.tok, run.cfg, meta=meta, trainer_state=trainer_state,
+                         extra_files=extra)
+
+
+def _attribute_files(run: TrainingRun) -> dict[str, bytes]:
+    """Attribute vectors for style transfer (textvae/transfer.py), from the final weights."""
+    dc = run.cfg.data
+    info = {"source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
+            "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words, "step": run.step}
+    return ckpt.attribute_files(corpus_attributes(run.model, run.train_set, run.tok, run.label_names, info))
+
+
+def log_prior_samples(run: TrainingRun, n: int = 5) -> None:
+    """Log a few sentences decoded from the prior (a glance at what the model has learnt)."""
+    texts, _ = sample(run.model.eval(), run.tok, n, seed=run.cfg.train.seed, strategy="sample", top_p=0.9)
+    for t in texts:
+        log.info("prior sample: %s", t)
+    run.model.train()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -164,248 +646,38 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
     Returns:
         The checkpoint folder.
     """
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / ckpt.CHECKPOINT_DIR
-    tc = cfg.train
-    state: Optional[dict[str, Any]] = None
-    if resume:
-        if not (ckpt_dir / ckpt.CONFIG).exists():
-            raise CheckpointError(f"cannot resume: no checkpoint in {out_dir}")
-        saved = ckpt.load_pretrained(ckpt_dir)
-        if saved.config.model != replace(cfg.model, vocab_size=saved.config.model.vocab_size) or saved.config.tokenizer != cfg.tokenizer:
-            raise ConfigError(f"cannot resume {out_dir}: the model or tokenizer section differs from the checkpoint's")
-        state = ckpt.load_trainer_state(ckpt_dir)
-        tok = saved.tokenizer
-        cfg = replace(cfg, model=saved.config.model)
-    elif ckpt_dir.exists():
-        raise ConfigError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or --out for a new run folder")
-
-    # torchrun (DistributedDataParallel): N processes, one global batch (textvae/distributed.py)
-    dist = distributed.from_env()
-    distributed.check_batch_size(cfg.data.batch_size, dist)
-    torch.manual_seed(tc.seed)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    if dist.enabled:
-        device = distributed.init(dist, device)
-    precision = resolve_precision(tc.precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # ---- tokenizer and data
-    dc = cfg.data
-    stream = None
-    if dc.streaming:
-        from textvae.streaming import StreamingCorpus
-
-        stream = StreamingCorpus(dc.train, dc.train_split, dc.text_column, dc.label_column, dc.min_words,
-                                 dc.max_words, seed=tc.seed, shuffle_buffer=dc.shuffle_buffer)
-    if state is None:
-        texts = None
-        tok = None
-        if dist.is_main:  # rank 0 trains the tokenizer, the other ranks receive it
-            if cfg.tokenizer.kind != "pretrained":
-                texts = (stream.sample(dc.streaming_sample)[0] if stream is not None else
-                         read_training_texts(dc.train, dc.train_split, dc.text_column, dc.min_words, dc.max_words))
-            tok = build_tokenizer(cfg.tokenizer, texts)
-        tok = distributed.broadcast_tokenizer(tok, dist)
-        log.info("tokenizer: %s, %d tokens%s", cfg.tokenizer.kind, tok.vocab_size,
-                 f" (trained on the first {len(texts)} sentences of the stream)" if stream is not None and texts else "")
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
-        if cfg.model.encoder.type == "pretrained" and cfg.model.latent_dim > 0:
-            # A pretrained encoder reads sentences through its own tokenizer (textvae/data.py: collate).
-            from textvae.pretrained import load_encoder_tokenizer
-
-            tok.encoder_tokenizer = load_encoder_tokenizer(str(cfg.model.encoder.name_or_path))
-            log.info("encoder tokenizer: %s, %d tokens", cfg.model.encoder.name_or_path, tok.encoder_tokenizer.vocab_size)
-    max_tokens = cfg.model.max_len
-    common = dict(text_column=dc.text_column, label_column=dc.label_column, min_words=dc.min_words,
-                  max_words=dc.max_words, num_proc=dc.num_proc)
-    valid_set: Optional[Corpus] = None
-    with distributed.main_first(dist):  # rank 0 fills the datasets cache, then the others read it
-        if stream is not None:
-            # streaming: the sample stands in for the corpus (label names, attribute vectors)
-            train_set, label_names = stream.sample_corpus(dc.streaming_sample, tok, max_tokens)
-        else:
-            train_set, label_names = prepare_split(dc.train, dc.train_split, tok, max_tokens, name="train", **common)
-        if dc.valid and dist.is_main:  # only rank 0 validates
-            valid_set, _ = prepare_split(dc.valid, dc.valid_split, tok, max_tokens, label_names=label_names or None,
-                                         name="valid", **common)
-    if stream is not None:
-        def batch_source(epoch: int, position: int):
-            return stream.batches(tok, max_tokens, dc.batch_size, dc.bucket_size, epoch, position)
-        data_desc = f"streaming {dc.train}"
-    else:
-        batcher = BucketBatcher([len(x) for x in train_set.ids], dc.batch_size, dc.bucket_size, seed=tc.seed)
-
-        def batch_source(epoch: int, position: int):
-            return ((e, p, [train_set.ids[i] for i in idx]) for e, p, idx in batcher.iterate(epoch, position))
-        data_desc = f"{len(train_set)} training sentences, {len(batcher)} batches per epoch"
-
-    # ---- model and optimiser
-    # (resuming reuses the loaded model: pretrained parts are rebuilt from the checkpoint, not reloaded)
-    model = saved.model if state is not None else SentenceVAE(cfg.model, pad_id=tok.pad_id)
-    model.to(device)
-    # What the loop calls: DDP syncs gradients; torch.compile wraps the DDP module. Evaluation,
-    # sampling and checkpoints use the plain module (the KV-cache decoder is never compiled).
-    ddp_model = distributed.wrap_ddp(model, dist, device)
-    train_model = torch.compile(ddp_model) if tc.compile else ddp_model
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step, epoch, position, skipped = 0, 0, 0, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state and precision == "fp16":
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, position, skipped = int(state["step"]), int(state["epoch"]), int(state["position"]), int(state["skipped"])
-        ranks = state.get("rng_ranks")
-        _set_rng_state(ranks[dist.rank] if ranks is not None and len(ranks) == dist.world_size else state["rng"], device)
-    log.info("model: %.2fM parameters; device %s, precision %s%s; %s", model.num_parameters() / 1e6, device, precision,
-             f", {dist.world_size} processes" if dist.enabled else "", data_desc)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
-    if not dist.is_main:
-        pass  # only rank 0 writes the run folder
-    elif state is not None:
-        metrics.truncate_after(step)
-    else:
-        metrics.path.unlink(missing_ok=True)
-    if tc.tensorboard and dist.is_main:
-        from textvae.tboard import TensorBoardLog
-
-        metrics.mirror = TensorBoardLog(out_dir, start_step=step)
-    amp = autocast_context(device, precision)
-    keep = (tok.pad_id, tok.bos_id, tok.eos_id)
-    meta = {"label_names": label_names, "label_column": dc.label_column, "precision": precision}
-
-    def save(final: bool = False) -> None:
-        rngs = distributed.gather_objects(_rng_state(device), dist)  # every rank's, for an exact resume
-        if not dist.is_main:
-            return
-        trainer_state = {
-            "step": step, "epoch": epoch, "position": position, "skipped": skipped,
-            "optimizer": optimizer.state_dict(), "rng": rngs[0],
-        }
-        if dist.enabled:
-            trainer_state["rng_ranks"] = rngs
-        if precision == "fp16":
-            trainer_state["scaler"] = scaler.state_dict()
-        extra = None
-        if final and train_set.labels is not None and not model.is_lm:
-            # Attribute vectors for style transfer (textvae/latent.py), from the final weights.
-            extra = ckpt.attribute_files(corpus_attributes(model, train_set, tok, label_names, {
-                "source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
-                "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words, "step": step}))
-        ckpt.save_checkpoint(ckpt_dir, model, tok, cfg, meta={**meta, "step": step, "final": final},
-                             trainer_state=trainer_state, extra_files=extra)
-
-    def validate() -> dict[str, float]:
-        if valid_set is None:
-            return {}
-        res = evaluate_elbo(model, valid_set, tok, batch_size=2 * dc.batch_size, max_batches=tc.eval_batches,
-                            seed=tc.seed, autocast=amp)
-        metrics.write({"step": step, "split": "valid", **res})
-        log.info("step %d valid: rec %.2f  KL %.2f  -ELBO %.2f  active units %d/%d",
-                 step, res["rec"], res["kl"], res["neg_elbo"], res["active_units"], cfg.model.latent_dim)
-        return res
-
-    batches = batch_source(epoch, position)
-    start_step = step
-    last_stop = tc.max_steps if stop_after is None else min(tc.max_steps, step + stop_after)
-    progress = _progress(tc.progress and dist.is_main, tc.max_steps, step)
-    L = cfg.model.latent_dim
-    t0 = time.perf_counter()
-    window_tokens, window_t = 0, time.perf_counter()
-    model.train()
-    while step < last_stop:
-        beta = kl_weight(step, tc.kl, tc.max_steps)
-        p_drop = word_dropout_rate(step, tc.word_dropout)
-        lr = learning_rate(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # pretrained weights may have their own peak
-        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
-        if cfg.model.bow_weight > 0 and not model.is_lm:
-            sums["bow"] = 0.0
-        step_tokens, step_sentences = 0, 0
-        for micro in range(tc.grad_accum):
-            seqs: list = []
-            while not seqs:  # a global batch smaller than the world size is skipped
-                epoch, position, seqs = next(batches)
-                seqs = seqs[: distributed.usable(len(seqs), dist)]
-            b = collate(distributed.shard(seqs, dist), tok).to(device)
-            window_tokens += b.n_tokens
-            step_tokens += b.n_tokens
-            step_sentences += b.enc_ids.shape[0]
-            # Random draws are made for the whole global batch and each rank keeps its rows, so
-            # N ranks train on the noise one process would (exactly so without model dropout).
-            rows = slice(dist.rank, None, dist.world_size)
-            draw = None
-            if p_drop > 0:
-                draw = torch.rand((len(seqs), max(map(len, seqs)) + 1), device=device)[rows, : b.dec_in.shape[1]]
-            eps = torch.randn((len(seqs), L), device=device)[rows]
-            # Word dropout (Bowman et al. 2016): the decoder sees unk instead of some inputs.
-            dec_in = word_dropout(b.dec_in, p_drop, tok.unk_id, keep, draw=draw)
-            # DDP: gradients are averaged over the ranks once per optimiser step, not per micro-batch.
-            last_micro = micro == tc.grad_accum - 1
-            with ddp_model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext():
-                with amp:
-                    out = train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps)
-                terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits,
-                                  out.bow_logits, cfg.model.bow_weight, (tok.eos_id,))
-                scaler.scale(terms["loss"] / tc.grad_accum).backward()
-            # one device-to-host copy for all logged terms, not one sync per term
-            for k, v in zip(sums, torch.stack([terms[k].detach() for k in sums]).tolist()):
-                sums[k] += v / tc.grad_accum
-        scaler.unscale_(optimizer)
-        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        if not math.isfinite(grad_norm):
-            skipped += 1  # non-finite gradients: the step is skipped, never applied
-            if precision == "fp16":
-                scaler.step(optimizer)  # sees the infs and skips; update() lowers the scale
-            scaler.update()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    run = setup(cfg, out_dir, resume)
+    tc = run.cfg.train
+    start_step = run.step
+    last_stop = tc.max_steps if stop_after is None else min(tc.max_steps, run.step + stop_after)
+    batches = run.batches(run.epoch, run.position)
+    progress = _progress(tc.progress and run.dist.is_main, tc.max_steps, run.step)
+    window = _Window()
+    run.model.train()
+    while run.step < last_stop:
+        stats = train_step(run, batches)
+        window.tokens += stats.tokens
         progress.update(1)
-        if step % tc.log_every == 0 or step == last_stop:
-            if dist.enabled:  # loss terms: mean over the ranks; tokens and sentences: sums
-                red = distributed.all_reduce_sum([*sums.values(), step_tokens, step_sentences, window_tokens], dist, device)
-                sums = {k: v / dist.world_size for k, v in zip(sums, red)}
-                step_tokens, step_sentences, window_tokens = (int(x) for x in red[len(sums):])
-            now = time.perf_counter()
-            rec = {"step": step, "split": "train", **sums, "rec_per_token": sums["rec"] * step_sentences / max(step_tokens, 1),
-                   "beta": beta, "word_dropout": p_drop, "lr": lr,
-                   "grad_norm": grad_norm, "skipped_steps": skipped, "epoch": epoch,
-                   "tokens_per_s": window_tokens / max(now - window_t, 1e-9), "elapsed_s": now - t0}
-            if dist.is_main:
-                metrics.write(rec)
-            window_tokens, window_t = 0, now
-            progress.set_postfix(rec=f"{sums['rec']:.1f}", kl=f"{sums['kl']:.2f}", beta=f"{beta:.2f}", refresh=False)
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
-            validate()
-        if tc.save_every and step % tc.save_every == 0 and step < last_stop:
-            save()
+        if run.step % tc.log_every == 0 or run.step == last_stop:
+            rec = log_train(run, stats, window)
+            progress.set_postfix(rec=f"{rec['rec']:.1f}", kl=f"{rec['kl']:.2f}", beta=f"{rec['beta']:.2f}",
+                                 refresh=False)
+        if tc.eval_every and run.step % tc.eval_every == 0 and run.step < tc.max_steps:
+            validate(run)
+        if tc.save_every and run.step % tc.save_every == 0 and run.step < last_stop:
+            save(run)
     progress.close()
-    finished = step >= tc.max_steps
-    if step > start_step or finished:
-        validate()
-        save(final=finished)
-    metrics.close()
-    elapsed = time.perf_counter() - t0
-    log.info("trained %d steps in %.1f s; checkpoint: %s", step - start_step, elapsed, ckpt_dir)
-    if finished and dist.is_main:
-        texts, _ = sample(model.eval(), tok, 5, seed=tc.seed, strategy="sample", top_p=0.9)
-        for t in texts:
-            log.info("prior sample: %s", t)
-        model.train()
-    distributed.cleanup(dist)
-    return ckpt_dir
+    finished = run.step >= tc.max_steps
+    if run.step > start_step or finished:
+        validate(run)
+        save(run, final=finished)
+    run.metrics.close()
+    log.info("trained %d steps in %.1f s; checkpoint: %s", run.step - start_step, time.perf_counter() - window.t0,
+             run.ckpt_dir)
+    if finished and run.dist.is_main:
+        log_prior_samples(run)
+    distributed.cleanup(run.dist)
+    return run.ckpt_dir
 
 
 def _progress(enabled: bool, total: int, initial: int):

@@ -4,8 +4,8 @@ Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure`` ren
 Agg canvas), never ``pyplot``: no display, no global figure state, safe in a server thread.
 matplotlib is an optional dependency (``pip install 'textvae[viz]'``).
 
-Every file is written atomically (temporary file, then rename), so a killed command leaves the
-previous plot or report intact.
+Every file is written through :func:`textvae.files.atomic_write`, so a killed command leaves
+the previous plot or report intact.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from textvae.errors import DataError, InputError, TextVAEError
+from textvae.files import atomic_write
 
 log = logging.getLogger("textvae")
 
@@ -36,23 +36,7 @@ MAP_LIMIT = 3000
 """Sentences a latent map encodes by default (a seeded random subset of larger files)."""
 
 
-# --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+# --------------------------------------------------------------------------- figures
 
 
 def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 3.6)):
@@ -261,7 +245,7 @@ def plot_run(run_dir: str | Path, out_dir: Optional[str | Path] = None, threshol
     m = read_metrics(run_dir)
     pngs, spans = curve_figures(m, threshold, min_steps, _latent_dim_of(run_dir) if run_dir.is_dir() else None)
     out = Path(out_dir) if out_dir else run_dir / "plots"
-    return [atomic_write_bytes(out / f"{name}.png", data) for name, data in pngs.items()], spans
+    return [atomic_write(out / f"{name}.png", data) for name, data in pngs.items()], spans
 
 
 # --------------------------------------------------------------------------- latent map
@@ -375,36 +359,43 @@ def load_labelled(source: str, vae, text_column: Optional[str] = None, label_col
     """Cleaned sentences (and labels) of a data file, with the checkpoint's word filters.
 
     ``label_column``: a column name, 'none' for no labels, or None for the checkpoint's label
-    column when the file has it. Returns (texts, labels or None, the label column used).
+    column when the file has it. ``limit``: keep a seeded random subset of that many (0: all).
+    Returns (texts, labels or None, the label column used).
     """
-    import random
-
-    from textvae.data import clean, column, load_split
+    from textvae.data import load_texts, read_labelled
 
     dc = vae.config.data
     text_column = text_column or dc.text_column
-    explicit = label_column is not None
-    if label_column is not None and label_column.lower() == "none":
-        label_column = None
-    elif label_column is None:
-        label_column = vae.meta.get("label_column") or dc.label_column
-    ds = load_split(source, "train", text_column, label_column if explicit else None)
-    if label_column and label_column not in ds.column_names:
-        log.warning("%s has no %r column: the map is drawn without labels", source, label_column)
-        label_column = None
-    ds, report = clean(ds, text_column, dc.min_words, dc.max_words, label_column)
-    log.info("%s: %s", source, report)
-    texts = column(ds, "text")
-    labels = [str(v) for v in column(ds, "label")] if label_column else None
-    if not texts:
-        raise DataError(f"{source}: no sentences left after cleaning ({report})")
-    if labels is not None and any(v in ("", "None") for v in labels):
-        raise DataError(f"{source}: some rows have an empty {label_column!r} label")
+    label_column = _map_label_column(source, vae, text_column, label_column)
+    if label_column:
+        rows = read_labelled(source, text_column, label_column, "train", dc.min_words, dc.max_words,
+                             require_labels=True)
+        if not rows:
+            raise DataError(f"{source}: no sentences left after cleaning")
+        log.info("%s: %d labelled sentences", source, len(rows))
+        texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    else:
+        texts = load_texts(source, "train", text_column, dc.min_words, dc.max_words, report=True)
+        labels = None
     if limit and len(texts) > limit:
         keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep] if labels is not None else None
     return texts, labels, label_column
+
+
+def _map_label_column(source: str, vae, text_column: str, label_column: Optional[str]) -> Optional[str]:
+    """The label column :func:`load_labelled` reads: None for 'none'; by default the checkpoint's,
+    or None with a warning when ``source`` lacks it (a column named explicitly must exist)."""
+    from textvae.data import load_split
+
+    if label_column is not None:
+        return None if label_column.lower() == "none" else label_column
+    label_column = vae.meta.get("label_column") or vae.config.data.label_column
+    if label_column and label_column not in load_split(source, "train", text_column).column_names:
+        log.warning("%s has no %r column: the map is drawn without labels", source, label_column)
+        return None
+    return label_column
 
 
 def latent_map(vae, texts: Sequence[str], labels: Optional[Sequence[str]] = None, method: str = "pca",
@@ -413,6 +404,34 @@ def latent_map(vae, texts: Sequence[str], labels: Optional[Sequence[str]] = None
     mu, _ = vae.encode(list(texts))
     m = project(mu, labels, method)
     return map_figure(m, title), m
+
+
+def write_map(vae, data: Optional[str] = None, text_column: Optional[str] = None, label_column: Optional[str] = None,
+              projection: str = "pca", limit: Optional[int] = MAP_LIMIT, seed: int = 0,
+              output: Optional[str | Path] = None) -> tuple[Path, LatentMap]:
+    """``textvae map``: draw the latent map of a data file and write it as a PNG.
+
+    Args:
+        data: the data file (default: the checkpoint config's validation file, else its training file).
+        text_column, label_column, limit, seed: as for :func:`load_labelled` (limit None: :data:`MAP_LIMIT`).
+        projection: 'pca' or 'axis' (see :func:`project`).
+        output: the PNG (default ``RUN_DIR/plots/map.png``, RUN_DIR holding the checkpoint).
+    Returns:
+        (the file written, the map).
+    """
+    if limit is not None and limit < 0:
+        raise InputError("--limit must be >= 0")
+    data = data or vae.config.data.valid or vae.config.data.train
+    texts, labels, column = load_labelled(data, vae, text_column, label_column,
+                                          limit=MAP_LIMIT if limit is None else limit, seed=seed)
+    if projection == "axis" and (labels is None or len(set(labels)) < 2):
+        raise InputError("--projection axis needs labelled data with at least two labels (--label-column COL)")
+    png, m = latent_map(vae, texts, labels, projection,
+                        title=f"{Path(data).name}: posterior means of {len(texts)} sentences"
+                              + (f", coloured by {column}" if column else ""))
+    run_dir = vae.path.parent if vae.path.name == "checkpoint" else vae.path
+    out = Path(output) if output else run_dir / "plots" / "map.png"
+    return atomic_write(out, png), m
 
 
 # --------------------------------------------------------------------------- run report
@@ -485,32 +504,52 @@ def build_report(run_dir: str | Path, checkpoint: Optional[str | Path] = None, o
     Returns:
         the report file.
     """
-    import datetime
-
-    from textvae import checkpoint as ckpt
-    from textvae.api import DEFAULT_TRANSFER, TextVAE
-
     run_dir = Path(run_dir)
+    metrics, vae = _report_inputs(run_dir, checkpoint, device, samples, transfers, map_limit)
+    sections = [_config_section(vae), _curves_section(metrics, vae, threshold, min_steps),
+                _evaluation_section(run_dir, evaluation), _samples_section(vae, samples, seed)]
+    examples = _report_examples(vae, max(map_limit, 200), seed)
+    sections += [_interpolation_section(vae, interpolate, examples.texts),
+                 _transfers_section(vae, examples, transfers), _map_section(vae, examples, map_limit)]
+    out = Path(output) if output else run_dir / "report.html"
+    return atomic_write(out, _page(run_dir, sections))
+
+
+@dataclass
+class _Examples:
+    """Validation sentences a report shows: interpolation endpoints, transfer inputs, the map."""
+
+    source: str
+    texts: list[str] = field(default_factory=list)
+    labels: Optional[list[str]] = None
+
+
+def _report_inputs(run_dir: Path, checkpoint: Optional[str | Path], device: str, samples: int, transfers: int,
+                   map_limit: int):
+    """The run's metrics and its model (a :class:`textvae.api.TextVAE`), after checking the arguments."""
+    from textvae.api import TextVAE
+
     if not run_dir.is_dir():
         raise DataError(f"run folder not found: {run_dir}")
     if samples < 0 or transfers < 0 or map_limit < 0:
         raise InputError("--samples, --transfers and --map-limit must be >= 0")
     metrics = read_metrics(run_dir)
-    ck_path = Path(checkpoint) if checkpoint else run_dir
-    vae = TextVAE.from_pretrained(ck_path, device=device)
+    vae = TextVAE.from_pretrained(Path(checkpoint) if checkpoint else run_dir, device=device)
     if vae.model.is_lm:
         raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space to report on")
-    sections: list[str] = []
+    return metrics, vae
 
-    # ---- config
+
+def _config_section(vae) -> str:
     meta = vae.meta
-    sections.append("<h2>Resolved config</h2>"
-                    f"<p class='note'>checkpoint <code>{html.escape(str(vae.path))}</code>, step {meta.get('step', '?')}"
-                    f"{'' if meta.get('final', True) else ' (not final)'}; {vae.model.num_parameters() / 1e6:.2f}M parameters; "
-                    f"labels: {html.escape(', '.join(meta.get('label_names') or []) or 'none')}</p>"
-                    f"<pre>{html.escape(json.dumps(vae.config.to_dict(), indent=2))}</pre>")
+    return ("<h2>Resolved config</h2>"
+            f"<p class='note'>checkpoint <code>{html.escape(str(vae.path))}</code>, step {meta.get('step', '?')}"
+            f"{'' if meta.get('final', True) else ' (not final)'}; {vae.model.num_parameters() / 1e6:.2f}M parameters; "
+            f"labels: {html.escape(', '.join(meta.get('label_names') or []) or 'none')}</p>"
+            f"<pre>{html.escape(json.dumps(vae.config.to_dict(), indent=2))}</pre>")
 
-    # ---- curves
+
+def _curves_section(metrics: RunMetrics, vae, threshold: float, min_steps: int) -> str:
     pngs, spans = curve_figures(metrics, threshold, min_steps, vae.latent_dim, names=("curves",))
     last_valid = metrics.valid[-1] if metrics.valid else None
     summary = (f"{len(metrics.train)} train and {len(metrics.valid)} validation records; "
@@ -520,79 +559,102 @@ def build_report(run_dir: str | Path, checkpoint: Optional[str | Path] = None, o
                + (f"<span class='warn'>Posterior collapse: train KL under {threshold:g} for "
                   + ", ".join(f"steps {a}–{b}" for a, b in spans) + "</span>" if spans
                   else f"No posterior collapse (train KL never under {threshold:g} for {min_steps} steps)."))
-    sections.append(f"<h2>Training curves</h2><p>{summary}</p>{_img(pngs['curves'], 'training curves')}")
+    return f"<h2>Training curves</h2><p>{summary}</p>{_img(pngs['curves'], 'training curves')}"
 
-    # ---- evaluation
+
+def _evaluation_section(run_dir: Path, evaluation: Optional[str | Path]) -> str:
     eval_path = Path(evaluation) if evaluation else run_dir / "evaluation.json"
-    if evaluation or eval_path.is_file():
-        r = _read_eval(eval_path)
-        sections.append(f"<h2>Evaluation</h2><p class='note'>from <code>{html.escape(str(eval_path))}</code>, data "
-                        f"<code>{html.escape(str(r.get('data', {}).get('source', '?')))}</code></p>{_eval_table(r)}")
-    else:
-        sections.append("<h2>Evaluation</h2><p class='note'>no evaluation in this run folder; write one with "
-                        f"<code>textvae evaluate --checkpoint {html.escape(str(run_dir))} --json &gt; "
-                        f"{html.escape(str(run_dir / 'evaluation.json'))}</code></p>")
+    if not (evaluation or eval_path.is_file()):
+        return ("<h2>Evaluation</h2><p class='note'>no evaluation in this run folder; write one with "
+                f"<code>textvae evaluate --checkpoint {html.escape(str(run_dir))} --json &gt; "
+                f"{html.escape(str(run_dir / 'evaluation.json'))}</code></p>")
+    r = _read_eval(eval_path)
+    return (f"<h2>Evaluation</h2><p class='note'>from <code>{html.escape(str(eval_path))}</code>, data "
+            f"<code>{html.escape(str(r.get('data', {}).get('source', '?')))}</code></p>{_eval_table(r)}")
 
-    # ---- samples
-    if samples:
-        texts = vae.sample(samples, seed=seed)
-        sections.append(f"<h2>Prior samples</h2><p class='note'>z ~ N(0, I), nucleus sampling top-p 0.9, seed {seed}</p>"
-                        + _list(texts, ordered=True))
 
-    # ---- validation data: interpolation endpoints, transfer inputs, latent map
-    valid_texts: list[str] = []
-    valid_labels: Optional[list[str]] = None
-    source = vae.config.data.valid or vae.config.data.train
+def _samples_section(vae, samples: int, seed: int) -> str:
+    if not samples:
+        return ""
+    texts = vae.sample(samples, seed=seed)
+    return (f"<h2>Prior samples</h2><p class='note'>z ~ N(0, I), nucleus sampling top-p 0.9, seed {seed}</p>"
+            + _list(texts, ordered=True))
+
+
+def _report_examples(vae, limit: int, seed: int) -> _Examples:
+    """Up to ``limit`` sentences (and labels) of the checkpoint's validation data (else its
+    training data); none, with a warning, when they cannot be read."""
+    ex = _Examples(vae.config.data.valid or vae.config.data.train)
     try:
-        valid_texts, valid_labels, _ = load_labelled(source, vae, limit=max(map_limit, 200), seed=seed)
+        ex.texts, ex.labels, _ = load_labelled(ex.source, vae, limit=limit, seed=seed)
     except TextVAEError as e:
-        log.warning("report: no examples from %s (%s)", source, e)
-    if interpolate is None and len(valid_texts) >= 2:
-        a = valid_texts[0]
-        b = next((t for t in valid_texts[1:] if len(t.split()) != len(a.split()) and t != a), valid_texts[-1])
+        log.warning("report: no examples from %s (%s)", ex.source, e)
+    return ex
+
+
+def _interpolation_section(vae, interpolate: Optional[tuple[str, str]], texts: list[str]) -> str:
+    """The slerp path between the given sentences, or by default the first example and one of
+    another length."""
+    if interpolate is None and len(texts) >= 2:
+        a = texts[0]
+        b = next((t for t in texts[1:] if len(t.split()) != len(a.split()) and t != a), texts[-1])
         interpolate = (a, b)
-    if interpolate is not None:
-        path = vae.interpolate(interpolate[0], interpolate[1], steps=7, method="slerp")
-        rows = "".join(f"<tr><td class='num'>{i / 6:.2f}</td><td>{html.escape(t)}</td></tr>" for i, t in enumerate(path))
-        sections.append("<h2>Interpolation</h2>"
-                        f"<p>from <b>{html.escape(interpolate[0])}</b><br>to <b>{html.escape(interpolate[1])}</b></p>"
-                        "<p class='note'>slerp between the posterior means, 7 points, greedy decoding; "
-                        "the first and last rows are the reconstructions</p>"
-                        f"<table><tr><th>t</th><th>decoded</th></tr>{rows}</table>")
+    if interpolate is None:
+        return ""
+    path = vae.interpolate(interpolate[0], interpolate[1], steps=7, method="slerp")
+    rows = "".join(f"<tr><td class='num'>{i / 6:.2f}</td><td>{html.escape(t)}</td></tr>" for i, t in enumerate(path))
+    return ("<h2>Interpolation</h2>"
+            f"<p>from <b>{html.escape(interpolate[0])}</b><br>to <b>{html.escape(interpolate[1])}</b></p>"
+            "<p class='note'>slerp between the posterior means, 7 points, greedy decoding; "
+            "the first and last rows are the reconstructions</p>"
+            f"<table><tr><th>t</th><th>decoded</th></tr>{rows}</table>")
 
-    if vae.attributes is not None and len(vae.attributes.labels) >= 2 and transfers:
-        la, lb = vae.attributes.labels[:2]
-        rows = []
-        for src, tgt in ((la, lb), (lb, la)):
-            if valid_labels is not None:
-                inputs = [t for t, v in zip(valid_texts, valid_labels) if v == src][:transfers]
-            else:
-                inputs = valid_texts[:transfers]
-            if not inputs:
-                continue
-            outs = vae.transfer(inputs, src, tgt)
-            rows += [f"<tr><td>{html.escape(src)} → {html.escape(tgt)}</td><td>{html.escape(i)}</td>"
-                     f"<td>{html.escape(o)}</td></tr>" for i, o in zip(inputs, outs)]
-        if rows:
-            sections.append("<h2>Example transfers</h2>"
-                            f"<p class='note'>method {DEFAULT_TRANSFER}, default strength; inputs from "
-                            f"<code>{html.escape(source)}</code></p>"
-                            "<table><tr><th>direction</th><th>input</th><th>output</th></tr>" + "".join(rows) + "</table>")
-    elif transfers:
-        sections.append("<h2>Example transfers</h2><p class='note'>this checkpoint has no attribute vectors "
-                        "(two labels needed; see <code>textvae attributes</code>)</p>")
 
-    if map_limit and len(valid_texts) >= 2:
-        n = min(map_limit, len(valid_texts))
-        png, _ = latent_map(vae, valid_texts[:n], valid_labels[:n] if valid_labels else None,
-                            title=f"posterior means of {n} validation sentences, PCA")
-        sections.append(f"<h2>Latent map</h2>{_img(png, 'latent map')}")
+def _transfers_section(vae, ex: _Examples, transfers: int) -> str:
+    """``transfers`` examples each way between the first two labels, by the default method."""
+    from textvae.transfer import DEFAULT_METHOD
+
+    if not transfers:
+        return ""
+    if vae.attributes is None or len(vae.attributes.labels) < 2:
+        return ("<h2>Example transfers</h2><p class='note'>this checkpoint has no attribute vectors "
+                "(two labels needed; see <code>textvae attributes</code>)</p>")
+    la, lb = vae.attributes.labels[:2]
+    rows = []
+    for src, tgt in ((la, lb), (lb, la)):
+        if ex.labels is not None:
+            inputs = [t for t, v in zip(ex.texts, ex.labels) if v == src][:transfers]
+        else:
+            inputs = ex.texts[:transfers]
+        if not inputs:
+            continue
+        outs = vae.transfer(inputs, src, tgt)
+        rows += [f"<tr><td>{html.escape(src)} → {html.escape(tgt)}</td><td>{html.escape(i)}</td>"
+                 f"<td>{html.escape(o)}</td></tr>" for i, o in zip(inputs, outs)]
+    if not rows:
+        return ""
+    return ("<h2>Example transfers</h2>"
+            f"<p class='note'>method {DEFAULT_METHOD}, default strength; inputs from "
+            f"<code>{html.escape(ex.source)}</code></p>"
+            "<table><tr><th>direction</th><th>input</th><th>output</th></tr>" + "".join(rows) + "</table>")
+
+
+def _map_section(vae, ex: _Examples, map_limit: int) -> str:
+    if not map_limit or len(ex.texts) < 2:
+        return ""
+    n = min(map_limit, len(ex.texts))
+    png, _ = latent_map(vae, ex.texts[:n], ex.labels[:n] if ex.labels else None,
+                        title=f"posterior means of {n} validation sentences, PCA")
+    return f"<h2>Latent map</h2>{_img(png, 'latent map')}"
+
+
+def _page(run_dir: Path, sections: Sequence[str]) -> str:
+    """The report's HTML document around its sections."""
+    import datetime
 
     title = f"textvae run report: {run_dir.name}"
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class='note'>run folder <code>{html.escape(str(run_dir))}</code>; "
             f"written {datetime.datetime.now().isoformat(timespec='seconds')}</p>"
             + "".join(sections) + "</body></html>\n")
-    out = Path(output) if output else run_dir / "report.html"
-    return atomic_write_bytes(out, page.encode("utf-8"))

@@ -1,0 +1,478 @@
+"""Style transfer: the methods, their defaults, their candidates, their judges, and the choice.
+
+Every method moves a sentence's posterior mean along the axis between two attribute vectors
+(the mean posterior mean of each label's sentences, John et al. 2019; the difference of class
+means is the transfer direction of Shen et al. 2020) and decodes the result:
+
+    mean-diff   z + alpha (target - source)                 one decode per sentence
+    project     set z's coordinate on the axis to the target mean's, times alpha
+    search      'project' at alpha/n ... alpha; the weakest strength whose output the judge accepts
+    closest     'mean-diff' at alpha/n ... alpha, each decoded once with the chosen strategy and
+                ``samples`` times by nucleus sampling; of the outputs the judge accepts, the one
+                with the highest sentence BLEU against the source
+
+The tensor arithmetic is :mod:`textvae.latent`'s; the style classifiers (scorer and judge) and
+the scores are :mod:`textvae.style`'s; this module decides which candidates to decode, how to
+judge them and which to keep, and runs the scored evaluation behind ``textvae
+evaluate-transfer``. It works on any object that can encode texts and decode codes (the
+:class:`Codec` protocol, which :class:`textvae.api.TextVAE` implements).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
+
+import torch
+
+from textvae import latent, style
+from textvae.config import Config
+from textvae.errors import DataError, InputError
+
+log = logging.getLogger("textvae")
+
+METHODS = ("mean-diff", "project", "search", "closest")
+DEFAULT_METHOD = "closest"
+"""The default method: the best by GM(style accuracy, ref-BLEU) in both directions on the
+validation books with the default model (docs/transfer_methods_valid.md). It decodes
+SEARCH_CANDIDATES x (CLOSEST_SAMPLES + 1) candidates per sentence, so 'mean-diff' (one decode)
+is the fast choice and the web demo's."""
+DEFAULT_ALPHA = {"mean-diff": 2.0, "project": 2.0, "search": 4.0, "closest": 3.0}
+"""Default strength per method, the best of a sweep on the validation books with the default
+model; for 'search' and 'closest' it is the largest strength tried."""
+JUDGES = ("auto", "char", "latent", "classifier")
+DEFAULT_JUDGE = "auto"
+"""How 'closest' and 'search' accept a candidate by default: the character n-gram style judge
+when the checkpoint's training data (or a cached judge) is at hand, else the latent midpoint."""
+JUDGE_THRESHOLD = 0.7
+"""The style judge accepts a candidate whose target-style probability is at least this."""
+SEARCH_CANDIDATES = 4
+"""Strengths per sentence that 'search' and 'closest' try (alpha/4 ... alpha)."""
+CLOSEST_SAMPLES = 20
+"""'closest': sampled decodes per strength, besides the one of the chosen strategy (more
+samples gave better picks on the validation books, at a cost linear in their number)."""
+_SAMPLE_SEED_STRIDE = 7919  # sampled decode d of strength k uses seed + 7919 d + k
+
+Judge = Union[str, Callable[[list[str]], torch.Tensor]]
+
+
+class Codec(Protocol):
+    """What transfer needs of a model: texts -> posterior means, codes -> texts, and the
+    checkpoint's config, metadata and folder (for the style judge)."""
+
+    config: Config
+    meta: dict[str, Any]
+    path: Optional[Path]
+    judges: dict[str, style.StyleClassifier]  # style judges already loaded, by kind
+    truncated: int  # sentences cut to the model's length by the last encode_texts(warn=True)
+    warn_truncation: bool  # log a warning when encode_texts truncates
+
+    def encode_texts(self, texts: list[str], warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, **decode_kwargs: Any) -> list[str]: ...
+
+
+@dataclass
+class Transferred:
+    """Outputs of :func:`transfer`."""
+
+    texts: list[str]
+    alphas: torch.Tensor  # (N,) the strength used for each sentence
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to transfer: method, strength, decoding, and for 'search'/'closest' the candidates and judge."""
+
+    method: str = DEFAULT_METHOD
+    alpha: Optional[float] = None  # None: DEFAULT_ALPHA[method]
+    strategy: str = "greedy"
+    seed: int = 0
+    candidates: int = SEARCH_CANDIDATES
+    judge: Judge = DEFAULT_JUDGE
+    samples: int = CLOSEST_SAMPLES
+
+    def strength(self) -> float:
+        """The strength to use, checked: a finite number."""
+        if self.method not in METHODS:
+            raise InputError(f"unknown transfer method {self.method!r}; use one of {', '.join(METHODS)}")
+        alpha = DEFAULT_ALPHA[self.method] if self.alpha is None else float(self.alpha)
+        if not alpha == alpha or alpha in (float("inf"), float("-inf")):
+            raise InputError(f"alpha must be a finite number, got {alpha}")
+        return alpha
+
+
+def check_labels(attrs: latent.Attributes, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two attribute vectors; an unknown label, or the same label twice, is an error."""
+    s, t = attrs.vector(source), attrs.vector(target)
+    if source == target:
+        raise InputError(f"the source and target labels are the same ({source!r})")
+    return s, t
+
+
+def transfer(codec: Codec, attrs: latent.Attributes, texts: list[str], source: str, target: str,
+             opts: Options = Options(), **decode_kwargs: Any) -> Transferred:
+    """Rewrite ``texts`` (normalised, non-empty) from the ``source`` label's style into the ``target``'s.
+
+    Args:
+        codec: the model (see :class:`Codec`).
+        attrs: the attribute vectors.
+        opts: method, strength, decoding and judge; ``opts.judge`` is 'char' (the style judge of
+            :func:`textvae.style.judge_for`, accepted at probability >= JUDGE_THRESHOLD),
+            'latent' (the re-encoded output lies past the midpoint of the two attribute vectors;
+            needs no data), 'auto' ('char' when it can be had, else 'latent'), 'classifier' (the
+            scorer itself: optimistic) or a function from texts to a (N,) bool tensor.
+        decode_kwargs: passed to :func:`textvae.generate.decode` (top_p, beam_size, no_repeat_ngram...).
+    """
+    alpha = opts.strength()
+    s, t = check_labels(attrs, source, target)
+    if opts.method in ("search", "closest") and opts.candidates < 1:
+        raise InputError("--candidates must be at least 1")
+    if opts.method == "closest" and opts.samples < 0:
+        raise InputError("--samples must be at least 0")
+    device = _device_of(codec)
+    s, t = s.to(device), t.to(device)
+    mu, _ = codec.encode_texts(texts)
+    if opts.method in ("mean-diff", "project"):
+        z = latent.transfer(mu, s, t, alpha, opts.method)
+        return Transferred(codec.decode(z, opts.strategy, opts.seed, **decode_kwargs), torch.full((len(mu),), alpha))
+    if opts.method == "closest" and alpha == 0:  # no move: the reconstruction, as for every method
+        return Transferred(codec.decode(mu, opts.strategy, opts.seed, **decode_kwargs), torch.zeros(len(mu)))
+    accept = make_judge(codec, opts.judge, s, t, target)
+    if opts.method == "closest":
+        return _closest(codec, texts, mu, s, t, alpha, opts, accept, **decode_kwargs)
+    return _search(codec, mu, s, t, alpha, opts, accept, **decode_kwargs)
+
+
+def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float, opts: Options,
+            accept: Callable[[list[str]], torch.Tensor], **decode_kwargs: Any) -> Transferred:
+    """'search': the weakest strength on the 'project' path whose output is accepted (else the strongest)."""
+    codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="project")
+    chosen_texts: list[Optional[str]] = [None] * len(mu)
+    chosen = torch.full((len(mu),), float(alphas[-1]))
+    open_rows = list(range(len(mu)))
+    for k in range(opts.candidates):  # weakest first; only undecided sentences are decoded again
+        outs = codec.decode(codes[k, open_rows], opts.strategy, opts.seed, **decode_kwargs)
+        last = k == opts.candidates - 1
+        ok = torch.zeros(len(outs), dtype=torch.bool) if last else accept(outs).cpu()
+        still = []
+        for row, text, good in zip(open_rows, outs, ok.tolist()):
+            if good or last:
+                chosen_texts[row] = text
+                chosen[row] = float(alphas[k])
+            else:
+                still.append(row)
+        open_rows = still
+        if not open_rows:
+            break
+    return Transferred([x or "" for x in chosen_texts], chosen)
+
+
+def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float,
+             opts: Options, accept: Callable[[list[str]], torch.Tensor], **decode_kwargs: Any) -> Transferred:
+    """'closest': of the accepted candidates, the one nearest the source text (sentence BLEU);
+    when none is accepted, the ``opts.strategy`` output at full strength."""
+    codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="mean-diff")
+    sampling = {k: v for k, v in decode_kwargs.items() if k != "beam_size"}
+    n = len(mu)
+    texts: list[Optional[str]] = [None] * n
+    best = [float("-inf")] * n
+    chosen = torch.full((n,), float(alphas[-1]))
+    fallback: list[str] = []
+    for k in range(opts.candidates):
+        for d in range(opts.samples + 1):
+            if d == 0:
+                outs = codec.decode(codes[k], opts.strategy, opts.seed, **decode_kwargs)
+            else:
+                outs = codec.decode(codes[k], "sample", opts.seed + _SAMPLE_SEED_STRIDE * d + k, **sampling)
+            if k == opts.candidates - 1 and d == 0:
+                fallback = outs
+            for i, (text, ok) in enumerate(zip(outs, accept(outs).tolist())):
+                if not ok:
+                    continue
+                score = style.sentence_bleu(text, sources[i])
+                if score > best[i]:
+                    texts[i], best[i], chosen[i] = text, score, float(alphas[k])
+    return Transferred([x if x is not None else y for x, y in zip(texts, fallback)], chosen)
+
+
+# --------------------------------------------------------------------------- judges
+
+
+def make_judge(codec: Codec, judge: Judge, source: torch.Tensor, target: torch.Tensor, target_label: str
+               ) -> Callable[[list[str]], torch.Tensor]:
+    """A function from candidate texts to (N,) bool: is each in the target style? (See :func:`transfer`.)"""
+    if callable(judge):
+        return judge
+    if judge == "latent":
+        return _latent_judge(codec, source, target)
+    if judge in ("char", "auto"):
+        try:
+            clf = codec.judges.get("char") or style.judge_for(codec)
+            codec.judges["char"] = clf
+            clf.prob([], target_label)  # a label the judge does not know fails here, not on a candidate
+        except (DataError, InputError, OSError) as e:
+            if judge == "char":
+                raise
+            log.warning("no style judge (%s); judging transfers by the latent midpoint instead", e)
+            return _latent_judge(codec, source, target)
+        return lambda texts: clf.prob(texts, target_label) >= JUDGE_THRESHOLD
+    if judge == "classifier":
+        scorer = style.classifier_for(codec)
+        return lambda texts: torch.tensor([p == target_label for p in scorer.predict(texts)])
+    raise InputError(f"unknown judge {judge!r}; use one of {', '.join(JUDGES)}")
+
+
+def _latent_judge(codec: Codec, source: torch.Tensor, target: torch.Tensor) -> Callable[[list[str]], torch.Tensor]:
+    """Accept a candidate whose re-encoded code lies past the midpoint of the two attribute vectors."""
+    u = latent.style_axis(source, target)
+    middle = float(((source + target) / 2) @ u)
+
+    def past_midpoint(texts: list[str]) -> torch.Tensor:
+        keep = [i for i, x in enumerate(texts) if x.strip()]
+        ok = torch.zeros(len(texts), dtype=torch.bool)
+        if keep:
+            mu, _ = codec.encode_texts([texts[i] for i in keep], warn=False)  # model outputs: no warning
+            ok[keep] = ((mu @ u) > middle).cpu()
+        return ok
+
+    return past_midpoint
+
+
+def _device_of(codec: Codec) -> torch.device:
+    return getattr(codec, "device", torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- attribute vectors of a corpus
+
+
+def corpus_attributes(model: Any, corpus: Any, tok: Any, label_names: Sequence[str],
+                      info: Optional[dict[str, Any]] = None) -> latent.Attributes:
+    """Attribute vectors of a labelled, tokenised corpus (what training stores in its final checkpoint).
+
+    Args:
+        model: the VAE; corpus: a :class:`textvae.data.Corpus` with label indices (``corpus.labels``)
+            into ``label_names``; tok: the model's tokenizer.
+        info: provenance kept with the vectors (source file, label column...).
+    """
+    from textvae.checkpoint import weights_digest
+    from textvae.evaluate import posterior_params
+
+    if corpus.labels is None:
+        raise ValueError("the corpus has no labels")
+    mu, _ = posterior_params(model, corpus.ids, tok, batch_size=256)
+    means, counts = latent.attribute_vectors(mu, torch.as_tensor(corpus.labels), len(label_names))
+    full = {"sentences": len(corpus), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
+            **(info or {})}
+    return latent.Attributes(list(label_names), means.cpu(), counts.cpu(), full)
+
+
+def provenance(source: str, split: str, data_config: Any, label_column: str, text_column: Optional[str] = None,
+               **extra: Any) -> dict[str, Any]:
+    """Where a set of attribute vectors came from (kept in ``attributes.json``)."""
+    return {"source": source, "split": split, "text_column": text_column or data_config.text_column,
+            "label_column": label_column, "min_words": data_config.min_words, "max_words": data_config.max_words,
+            **extra}
+
+
+# --------------------------------------------------------------------------- scored evaluation
+
+
+def transfer_inputs(data: str, source_label: str, text_column: str, label_column: str, min_words: int = 1,
+                    max_words: int = 0, refs: Optional[str] = None, refs_column: Optional[str] = None,
+                    id_column: Optional[str] = None, split: str = "train", limit: int = 0
+                    ) -> tuple[list[str], Optional[list[str]]]:
+    """Inputs of a transfer evaluation and their references.
+
+    The inputs are the rows of the labelled file ``data`` whose label is ``source_label`` and
+    that pass the word-count filters. References come from column ``refs_column`` of the file
+    ``refs``: joined on ``id_column`` (present in both files) when given, else the n-th
+    reference belongs to the n-th ``source_label`` row of ``data`` (counted before the
+    word-count filters). Inputs without a reference are left out, with a warning.
+
+    Returns:
+        (sources, references or None), at most ``limit`` of each (0: all).
+    """
+    from textvae.data import read_labelled
+
+    rows = [r for r in read_labelled(data, text_column, label_column, split, min_words, max_words, id_column)
+            if r["label"] == source_label]
+    if not rows:
+        raise DataError(f"{data}: no {source_label!r} rows with {min_words}..{max_words or 'any'} words")
+    references = None
+    if refs:
+        rows, references = _references(rows, data, source_label, text_column, label_column, refs, refs_column,
+                                       id_column, split)
+    sources = [r["text"] for r in rows]
+    if limit:
+        sources = sources[:limit]
+        references = None if references is None else references[:limit]
+    return sources, references
+
+
+def _references(rows: list[dict[str, Any]], data: str, source_label: str, text_column: str, label_column: str,
+                refs: str, refs_column: Optional[str], id_column: Optional[str], split: str
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+    from textvae.data import column, load_split, normalise_text, read_labelled
+
+    if not refs_column:
+        raise InputError("references need the name of their column")
+    ds = load_split(refs, "train", refs_column)
+    texts = [normalise_text(t if isinstance(t, str) else None) for t in column(ds, refs_column)]
+    if id_column:
+        if id_column not in ds.column_names:
+            raise DataError(f"{refs}: no column {id_column!r}; columns are: {', '.join(ds.column_names)}")
+        by_id = {str(k): t for k, t in zip(column(ds, id_column), texts)}
+        kept = [r for r in rows if str(r["id"]) in by_id]
+        if len(kept) < len(rows):
+            log.warning("%d inputs have no reference with the same %s; they are left out",
+                        len(rows) - len(kept), id_column)
+        rows = kept
+        references = [by_id[str(r["id"])] for r in rows]
+    else:
+        every = [r for r in read_labelled(data, text_column, label_column, split) if r["label"] == source_label]
+        order = {r["row"]: n for n, r in enumerate(every)}
+        if len(order) != len(texts):
+            raise DataError(f"{data} has {len(order)} {source_label!r} rows but {refs} has {len(texts)} "
+                            f"references; align them with --id-column COL")
+        references = [texts[order[r["row"]]] for r in rows]
+    if not rows:
+        raise DataError(f"no input of {data} has a reference in {refs}")
+    empty = sum(not t for t in references)
+    if empty:
+        raise DataError(f"{refs}: {empty} references in column {refs_column!r} are empty")
+    return rows, references
+
+
+def check_method_names(methods: Sequence[str]) -> None:
+    """Methods of an evaluation may name their judge ('search:latent', 'closest:classifier')."""
+    for m in methods:
+        name, _, how = m.partition(":")
+        if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in JUDGES)):
+            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search or closest "
+                             f"(search and closest may name their judge: search:latent, closest:classifier...)")
+
+
+def evaluate_transfer(codec: Codec, attrs: latent.Attributes, clf: style.StyleClassifier, sources: Sequence[str],
+                      source: str, target: str, refs: Optional[Sequence[str]] = None, opts: Options = Options(),
+                      sweep: Sequence[float] = (), methods: Sequence[str] = (), **decode_kwargs: Any
+                      ) -> dict[str, Any]:
+    """Transfer ``sources`` and score them against the copy baseline (and the references).
+
+    Args:
+        codec, attrs: the model and its attribute vectors.
+        clf: the style classifier that scores (not the judge).
+        sources: sentences in the ``source`` style.
+        refs: their human rewrites in the target style, aligned, or None.
+        opts: the transfer to report (``opts.method`` may name its judge: 'closest:latent').
+        sweep: strengths to also report, for each of ``methods`` (default: ``opts.method``).
+    Returns:
+        {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
+        "gm_ref", "mean_alpha"}...], "sweep": [...], "examples": [...], "signature": sacrebleu's, ...}
+    """
+    for label in (source, target):
+        attrs.index(label)
+        if label not in clf.labels:
+            raise InputError(f"unknown label {label!r}; the style classifier knows: {', '.join(clf.labels)}")
+    check_method_names([opts.method, *methods])
+    alpha = DEFAULT_ALPHA[opts.method.partition(":")[0]] if opts.alpha is None else opts.alpha
+    sources = list(sources)
+    rows = [{"system": "copy (output = input)", "method": None, "alpha": None,
+             **style.score_transfer(sources, sources, target, clf, refs)}]
+    if refs is not None:
+        rows.append({"system": "reference", "method": None, "alpha": None,
+                     **style.score_transfer(list(refs), sources, target, clf, refs)})
+
+    def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
+        name, _, how = m.partition(":")
+        o = Options(name, a, opts.strategy, opts.seed, opts.candidates, how or opts.judge, opts.samples)
+        out = transfer(codec, attrs, sources, source, target, o, **decode_kwargs)
+        row = {"system": system, "method": m, "alpha": a,
+               **style.score_transfer(out.texts, sources, target, clf, refs), "mean_alpha": float(out.alphas.mean())}
+        return row, out.texts
+
+    codec.encode_texts(sources)  # warns once about sentences too long for the model
+    truncated, codec.warn_truncation = codec.truncated, False
+    try:
+        main_row, outputs = run(opts.method, alpha, "textvae transfer")
+        rows.append(main_row)
+        sweep_rows = [run(m, float(a), "sweep")[0] for m in (methods or [opts.method]) for a in sweep]
+    finally:
+        codec.warn_truncation = True
+    _, signature = style.corpus_bleu(sources[:1], sources[:1])
+    examples = [{"source": s, "output": o, **({"reference": r} if refs is not None else {})}
+                for s, o, r in zip(sources, outputs, refs if refs is not None else [None] * len(sources))]
+    return {"source_label": source, "target_label": target, "sentences": len(sources), "truncated": truncated,
+            "rows": rows, "sweep": sweep_rows, "examples": examples, "signature": signature, "classifier": clf.info}
+
+
+def evaluate_checkpoint(vae: Any, source: str, target: str, opts: Options = Options(), data: Optional[str] = None,
+                        split: str = "train", label_column: Optional[str] = None, text_column: Optional[str] = None,
+                        max_words: Optional[int] = None, refs: Optional[str] = None, refs_column: Optional[str] = None,
+                        id_column: Optional[str] = None, limit: int = 0, sweep: Sequence[float] = (),
+                        methods: Sequence[str] = (), **decode_kwargs: Any) -> dict[str, Any]:
+    """``textvae evaluate-transfer``: :func:`evaluate_transfer` on the ``source`` rows of a
+    labelled file (default: the checkpoint config's test file), scored by the checkpoint's style
+    classifier (:func:`textvae.style.classifier_for`), with references from ``refs`` when given."""
+    attrs = vae.require_attributes()
+    attrs.index(source), attrs.index(target)
+    dc = vae.config.data
+    data = data or dc.test
+    if not data:
+        raise InputError("the checkpoint's config names no test data; give --data FILE")
+    label_column = label_column or vae.meta.get("label_column") or dc.label_column
+    if not label_column:
+        raise InputError("give --label-column COL (the checkpoint's config names no label column)")
+    if refs and not refs_column:
+        raise InputError("--refs needs --refs-column COL (the column of the references)")
+    if limit < 0 or (max_words is not None and max_words < 0):
+        raise InputError("--limit and --max-words must be >= 0")
+    max_words = dc.max_words if max_words is None else max_words
+    sources, references = transfer_inputs(data, source, text_column or dc.text_column, label_column, dc.min_words,
+                                          max_words, refs=refs, refs_column=refs_column, id_column=id_column,
+                                          split=split, limit=limit)
+    clf = style.classifier_for(vae, seed=opts.seed)
+    report = evaluate_transfer(vae, attrs, clf, sources, source, target, references, opts, sweep, methods,
+                               **decode_kwargs)
+    report.update({"checkpoint": str(vae.path), "data": data, "refs": refs, "refs_column": refs_column,
+                   "label_column": label_column, "min_words": dc.min_words, "max_words": max_words})
+    return report
+
+
+def score_outputs(vae: Any, records: list[dict[str, Any]], target: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Add the scorer's verdict on each transfer record {source, output}: target_prob,
+    in_target_style and the sentence BLEU of the output against its source (self_bleu)."""
+    clf = style.classifier_for(vae, seed=seed)
+    outputs = [r["output"] for r in records]
+    for r, p, label in zip(records, clf.prob(outputs, target).tolist(), clf.predict(outputs)):
+        r["target_prob"] = round(p, 4)
+        r["in_target_style"] = label == target
+        r["self_bleu"] = round(style.sentence_bleu(r["output"], r["source"]), 2)
+    return records
+
+
+def compute_attributes(vae: Any, data: str, split: str = "train", label_column: Optional[str] = None,
+                       text_column: Optional[str] = None) -> latent.Attributes:
+    """Attribute vectors of a labelled file, with the training pipeline's filters (so they match
+    those training stores), written into the checkpoint folder (only the two attribute files,
+    each atomically) and set on ``vae``."""
+    from textvae import checkpoint as ckpt
+    from textvae.data import prepare_split
+
+    dc = vae.config.data
+    label_column = label_column or vae.meta.get("label_column") or dc.label_column
+    if not label_column:
+        raise InputError("give --label-column COL (the checkpoint's config names no label column)")
+    text_column = text_column or dc.text_column
+    corpus, names = prepare_split(data, split, vae.tokenizer, vae.model.cfg.max_len, text_column=text_column,
+                                  label_column=label_column, min_words=dc.min_words, max_words=dc.max_words,
+                                  name="attributes")
+    if len(names) < 2:
+        log.warning("the data holds a single label (%s): transfer needs at least two", ", ".join(names))
+    attrs = corpus_attributes(vae.model, corpus, vae.tokenizer, names,
+                              provenance(data, split, dc, label_column, text_column))
+    ckpt.write_files(vae.path, ckpt.attribute_files(attrs))
+    vae.attributes = attrs
+    return attrs
