@@ -237,3 +237,68 @@ def test_no_repeat_ngram_option(run_cli, trained_run):
     rc, _, err = run_cli("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web",
                          "--strategy", "beam", "--no-repeat-ngram", "3", A)
     assert_user_error(rc, err, "transfer", "not beam")
+
+
+# --------------------------------------------------------------------------- seen words, fitted prior, LM baseline
+
+
+def test_words_option_of_the_decoding_commands(run_cli, copy_run):
+    from textvae.evaluate import unseen_word_rate, vocabulary
+
+    run = copy_run("words")
+    known = vocabulary(json.loads(line)["text"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines())
+    for command in (["sample", "-n", "8", "--seed", "4"], ["reconstruct", A, B],
+                    ["transfer", "--from", "kjv", "--to", "web", "--method", "mean-diff", A]):
+        outs = {}
+        for mode in ("seen", "any"):
+            rc, out, err = run_cli(command[0], "--checkpoint", run, "--words", mode, *command[1:])
+            assert rc == 0, err
+            outs[mode] = out.splitlines()
+        assert unseen_word_rate(outs["seen"], known) == 0.0, command
+    (run / "checkpoint" / ckpt.SEEN_WORDS).unlink()  # 'auto' falls back to reading the training file
+    rc, out, _ = run_cli("sample", "--checkpoint", run, "-n", "8", "--seed", "4")
+    assert rc == 0 and (run / "checkpoint" / ckpt.SEEN_WORDS).is_file()
+    rc, _, err = run_cli("sample", "--checkpoint", run, "--words", "maybe")
+    assert rc == 2 and "invalid choice" in err
+
+
+def test_words_seen_without_training_data_is_a_one_line_error(run_cli, copy_run, caplog):
+    run = copy_run("blind")
+    (run / "checkpoint" / ckpt.SEEN_WORDS).unlink()
+    meta = json.loads((run / "checkpoint" / ckpt.CONFIG).read_text())
+    meta["config"]["data"]["train"] = "no/such/train.jsonl"
+    (run / "checkpoint" / ckpt.CONFIG).write_text(json.dumps(meta))
+    rc, _, err = run_cli("sample", "--checkpoint", run, "-n", "2", "--words", "seen")
+    assert_user_error(rc, err, "sample", "--words seen")
+    with caplog.at_level("WARNING", logger="textvae"):
+        rc, out, err = run_cli("sample", "--checkpoint", run, "-n", "2")  # auto: any tokens, with a warning
+    assert rc == 0 and len(out.splitlines()) == 2 and "not at hand" in caplog.text
+
+
+def test_sample_from_the_fitted_prior(run_cli, trained_run):
+    rc, fitted, err = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--prior", "fitted", "--seed", "1")
+    assert rc == 0 and len(fitted.splitlines()) == 6, err
+    rc, normal, _ = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--seed", "1")
+    assert rc == 0 and fitted != normal
+
+
+def test_evaluate_against_a_language_model(run_cli, trained_run, tmp_path):
+    from helpers import TINY_CONFIG
+
+    lm = tmp_path / "lm"
+    rc, _, err = run_cli("-q", "train", "--config", TINY_CONFIG, "--out", lm, "--set", "model.latent_dim=0",
+                         "--set", "train.max_steps=10", "--set", f"data.train={TINY_DATA / 'train.jsonl'}",
+                         "--set", f"data.valid={TINY_DATA / 'valid.jsonl'}")
+    assert rc == 0, err
+    rc, out, err = run_cli("evaluate", "--checkpoint", trained_run, "--data", TINY_DATA / "valid.jsonl",
+                           "--iw-samples", "2", "--samples", "5", "--lm-checkpoint", lm, "--prior", "fitted", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["latent_efficiency"] == pytest.approx((r["lm_nll"] - r["rec"]) / r["kl"])
+    assert r["decoding"] == {"words": "seen in training", "prior": "fitted mixture"}
+    rc, out, err = run_cli("evaluate", "--checkpoint", trained_run, "--data", TINY_DATA / "valid.jsonl",
+                           "--iw-samples", "2", "--samples", "5", "--lm-checkpoint", lm)
+    assert rc == 0 and "latent efficiency" in out and "unseen words" in out
+    rc, _, err = run_cli("evaluate", "--checkpoint", trained_run, "--iw-samples", "2", "--samples", "0",
+                         "--data", TINY_DATA / "valid.jsonl", "--lm-checkpoint", trained_run)
+    assert_user_error(rc, err, "evaluate", "language model")

@@ -13,6 +13,8 @@ from helpers import tiny_config
 from textvae.data import collate
 from textvae.evaluate import (active_units, auroc, distinct_n, elbo_per_sentence, evaluate_model, iw_nll,
                               mutual_information, posterior_params, prepare_ids, self_bleu)
+from textvae.checkpoint import load_pretrained
+from textvae.errors import InputError
 from textvae.losses import gaussian_kl, reconstruction_nll
 
 SENTS = ["And God saw the light, that it was good.", "Jesus wept.", "The LORD is my shepherd; I shall not want."]
@@ -248,3 +250,30 @@ def test_lm_baseline_trains_and_evaluates(tmp_path):
     assert torch.allclose(a, exact)
     r = evaluate_model(loaded.model, loaded.tokenizer, SENTS, iw_samples=3, n_samples=3)
     assert r["kl"] == 0 and r["active_units"] == 0 and r["mi"] == 0 and r["iw_samples"] == 0
+
+
+# --------------------------------------------------------------------------- unseen words, latent efficiency
+
+
+def test_unseen_word_rate_counts_words_not_in_training():
+    from textvae.evaluate import unseen_word_rate, vocabulary, words_of
+
+    known = vocabulary(["And God said, Let there be light.", "Jesus wept."])
+    assert words_of("Light: and... (God)!") == ["light", "and", "god"]
+    assert unseen_word_rate(["And God wept."], known) == 0.0
+    assert unseen_word_rate(["And Gdo saidd ,"], known) == pytest.approx(2 / 3)
+    assert unseen_word_rate([], known) == 0.0
+
+
+def test_latent_efficiency_against_a_language_model(trained, tmp_path):
+    from helpers import tiny_config
+    from textvae.evaluate import evaluate_checkpoint
+    from textvae.train import train
+
+    lm = load_pretrained(train(tiny_config(["model.latent_dim=0", "train.max_steps=10"]), tmp_path / "lm"))
+    r = evaluate_checkpoint(trained, split="valid", iw_samples=2, samples=4, lm=lm)
+    assert r["latent_efficiency"] == pytest.approx((r["lm_nll"] - r["rec"]) / r["kl"])
+    assert r["iw_gap"] == pytest.approx(r["iw_nll"] - r["lm_nll"])
+    assert 0.0 <= r["recon_unseen_words"] <= 1.0 and 0.0 <= r["samples"]["unseen_words"] <= 1.0
+    with pytest.raises(InputError, match="language model"):
+        evaluate_checkpoint(trained, split="valid", iw_samples=2, samples=0, lm=trained)

@@ -293,3 +293,60 @@ def test_no_repeat_ngram_zero_is_plain_decoding_and_beam_refuses_it():
         generate.decode(model, z, BOS, EOS, "beam", no_repeat_ngram=3)
     with pytest.raises(ValueError):
         generate.decode(model, z, BOS, EOS, "greedy", no_repeat_ngram=-1)
+
+
+# --------------------------------------------------------------------------- decoding only seen words
+
+
+def _word_runs(texts):
+    return {w for t in texts for w in t.split()}
+
+
+def test_seen_words_decodes_only_training_words(trained):
+    """A noisy copy of the tiny model makes up words; restricted to the training words, it cannot."""
+    import copy
+    import json
+
+    from helpers import TINY_DATA
+
+    tok = trained.tokenizer
+    corpus = [json.loads(line)["text"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
+    words = generate.SeenWords.from_corpus(tok, tok.encode_batch(corpus))
+    model = copy.deepcopy(trained.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    z = torch.randn(16, model.cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    known = _word_runs(corpus)
+    for strategy in ("greedy", "sample", "beam"):
+        free, _ = generate.decode_texts(model, tok, z, strategy=strategy, generator=torch.Generator().manual_seed(2))
+        kept, _ = generate.decode_texts(model, tok, z, strategy=strategy, generator=torch.Generator().manual_seed(2),
+                                        words=words)
+        assert _word_runs(free) - known  # the premise: without the restriction it makes words up
+        assert not _word_runs(kept) - known, (strategy, sorted(_word_runs(kept) - known)[:20], kept[:3])
+        assert any(t.strip() for t in kept)
+
+
+def test_seen_words_trie_follows_word_boundaries(trained):
+    tok = trained.tokenizer
+    words = generate.SeenWords.from_corpus(tok, tok.encode_batch(["And God said.", "Let there be light"]))
+    got = {tok.decode(list(w)).strip() for w in words.words}
+    assert got == {"And", "God", "said.", "Let", "there", "be", "light"}  # whitespace words, punctuation kept
+    said = tok.encode(" said.")
+    state = words.start(1)
+    for t in said[:-1]:
+        state = words.advance(state, [t])
+    allowed = words.allowed(state, torch.device("cpu"))[0]
+    assert allowed[said[-1]] and not allowed[tok.eos_id]  # "said" alone was never a word here
+    state = words.advance(state, [said[-1]])
+    allowed = words.allowed(state, torch.device("cpu"))[0]
+    assert allowed[tok.eos_id] and allowed[tok.encode(" God")[0]]  # a complete word may end or be followed
+
+
+def test_a_row_left_with_no_token_may_still_end(trained):
+    tok = trained.tokenizer
+    words = generate.SeenWords.from_corpus(tok, tok.encode_batch(["And God said."]))
+    logits = torch.full((1, tok.vocab_size), float("-inf"))
+    out = words.restrict(logits, words.start(1))
+    assert out[0, tok.eos_id] == 0.0

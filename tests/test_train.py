@@ -341,3 +341,16 @@ def test_the_vae_step_fits_on_a_screen():
     from textvae.train import train_step
 
     assert len(inspect.getsource(train_step).splitlines()) <= 45
+
+
+def test_a_from_scratch_encoder_gets_its_own_learning_rate():
+    from textvae.model import SentenceVAE
+    from textvae.train import build_optimizer
+
+    cfg = tiny_config(["model.vocab_size=40", "model.encoder.lr=0.012", "train.lr=0.003"])
+    model = SentenceVAE(cfg.model)
+    opt = build_optimizer(model, cfg)
+    scale = {id(p): g.get("lr_scale", 1.0) for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 4.0 if name.startswith(("encoder.", "to_posterior.")) else 1.0
+        assert scale[id(p)] == pytest.approx(expected), name

@@ -33,6 +33,7 @@ from textvae.errors import CheckpointError, InputError
 from textvae.evaluate import SCORE_IW_SAMPLES, posterior_params, prepare_ids
 from textvae.generate import decode_texts
 from textvae.model import SentenceVAE
+from textvae.prior import DEFAULT_PRIOR, PRIORS
 from textvae.tokenizer import Tokenizer
 
 log = logging.getLogger("textvae")
@@ -71,6 +72,8 @@ class TextVAE:
         self.truncated = 0  # sentences cut to the model's length limit by the last encode()
         self.warn_truncation = True  # log a warning when encode() truncates
         self.judges: dict[str, Any] = {}  # style judges of transfer, loaded (or trained) on first use
+        self._words: dict[str, Any] = {}  # the training data's words per --words mode, loaded on first use
+        self._prior: Optional[Any] = None  # the fitted prior, loaded on first use
 
     # ------------------------------------------------------------------ files
 
@@ -124,13 +127,22 @@ class TextVAE:
                         "and were truncated", truncated, len(texts), self.model.cfg.max_len)
         return posterior_params(self.model, ids, self.tokenizer, self.batch_size)
 
-    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, **decode_kwargs: Any) -> list[str]:
+    def seen_words(self, mode: str = ckpt.DEFAULT_WORDS) -> Optional[Any]:
+        """The training data's words for decoding with ``words=mode`` (see :func:`textvae.checkpoint.load_seen_words`)."""
+        if mode not in self._words:
+            self._words[mode] = ckpt.load_seen_words(self, mode)
+        return self._words[mode]
+
+    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, words: Any = ckpt.DEFAULT_WORDS,
+               **decode_kwargs: Any) -> list[str]:
         """Decode codes z (N, L) or (L,) into sentences.
 
         Args:
             strategy: 'greedy', 'sample' or 'beam' (see ``textvae.generate.decode``; its
                 temperature, top_k, top_p, beam_size and max_len pass through).
             seed: random source of 'sample'.
+            words: 'seen' (only words of the training data), 'any', 'auto' ('seen' when the
+                training words can be had), or a :class:`textvae.generate.SeenWords`.
         """
         z = torch.as_tensor(z, dtype=torch.float32)
         if z.dim() == 1:
@@ -138,18 +150,40 @@ class TextVAE:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise InputError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
         g = torch.Generator(device=self.device).manual_seed(seed)
-        return decode_texts(self.model, self.tokenizer, z, self.batch_size, g, strategy=strategy, **decode_kwargs)[0]
+        if isinstance(words, str):
+            words = self.seen_words(words)
+        return decode_texts(self.model, self.tokenizer, z, self.batch_size, g, strategy=strategy, words=words,
+                            **decode_kwargs)[0]
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-               **decode_kwargs: Any) -> list[str]:
-        """n sentences decoded from codes drawn from the prior N(0, I)."""
+               prior: str = DEFAULT_PRIOR, **decode_kwargs: Any) -> list[str]:
+        """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), or 'fitted', the
+        mixture fitted to the training codes (textvae/prior.py)."""
+        return self.sample_detailed(n, seed, strategy, top_p, prior, **decode_kwargs)[0]
+
+    def sample_detailed(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
+                        prior: str = DEFAULT_PRIOR, **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
+        """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample
 
         if n < 1:
             raise InputError("the number of samples must be at least 1")
-        texts, _ = sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size,
-                          strategy=strategy, top_p=top_p, **decode_kwargs)
-        return texts
+        if prior not in PRIORS:
+            raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+        words = decode_kwargs.pop("words", ckpt.DEFAULT_WORDS)
+        if isinstance(words, str):
+            words = self.seen_words(words)
+        fitted = self.fitted_prior() if prior == "fitted" else None
+        return sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size, prior=fitted,
+                      strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
+
+    def fitted_prior(self) -> Any:
+        """The mixture fitted to the training codes (fitted and cached in the folder when missing)."""
+        if self._prior is None:
+            if self.model.is_lm:
+                raise InputError("this checkpoint is a language model (latent_dim 0): it has no prior to fit")
+            self._prior = ckpt.load_prior(self)
+        return self._prior
 
     def reconstruct(self, sentences: Sentences, strategy: str = "greedy", seed: int = 0,
                     **decode_kwargs: Any) -> list[str]:

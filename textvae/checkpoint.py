@@ -8,6 +8,7 @@ A checkpoint folder is self-describing:
     trainer_state.pt    optional resume state (optimiser, RNG, data position), tensors only
     attributes.*        optional attribute vectors per label (safetensors + JSON; textvae/latent.py, transfer.py)
     style_classifier.*  optional cached style classifier (safetensors + JSON; textvae/style.py)
+    seen_words.json     optional words of the training data, for decoding only seen words
 
 A folder is written under a temporary name and renamed into place, so an interrupted
 save never leaves a half-written checkpoint: the previous one stays until the new one
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +41,8 @@ from textvae.files import atomic_write
 from textvae.latent import Attributes
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
+
+log = logging.getLogger("textvae")
 
 CONFIG, WEIGHTS, TOKENIZER, TRAINER_STATE = "config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"
 ENCODER_TOKENIZER = "encoder_tokenizer.json"  # a pretrained encoder's own tokenizer
@@ -361,3 +365,111 @@ def load_attributes(path: str | Path, model: Optional[torch.nn.Module] = None) -
                 f"`textvae attributes --checkpoint {path} --data {info.get('source') or 'FILE'} "
                 f"--label-column {info.get('label_column') or 'COL'}`")
     return Attributes(labels, means, counts, info)
+
+
+# --------------------------------------------------------------------------- the words of the training data
+
+SEEN_WORDS = "seen_words.json"
+SEEN_WORDS_FORMAT = 1  # bump when what counts as a word changes: stored words are then rebuilt
+WORDS_MODES = ("auto", "seen", "any")
+"""Decoding vocabulary: 'seen' spells only words of the training data (textvae.generate.SeenWords),
+'any' any token sequence, 'auto' 'seen' when the words can be had (stored in the checkpoint or read
+from its config's training file), else 'any'."""
+DEFAULT_WORDS = "auto"
+
+
+def seen_words_files(words: Any) -> dict[str, bytes]:
+    """The file that stores a :class:`textvae.generate.SeenWords` (token-id lists, one per word)."""
+    data = {"format": SEEN_WORDS_FORMAT, "words": [list(w) for w in words.words]}
+    return {SEEN_WORDS: (json.dumps(data) + "\n").encode("utf-8")}
+
+
+def load_seen_words(loaded: Loaded, mode: str = DEFAULT_WORDS) -> Optional[Any]:
+    """The training data's words for ``--words`` ``mode`` (see :data:`WORDS_MODES`), or None for 'any'.
+
+    They come from the checkpoint's ``seen_words.json``; a checkpoint without one reads its
+    config's training file (with its filters) and caches the words there.
+    """
+    from textvae.data import load_texts
+    from textvae.errors import DataError, InputError
+    from textvae.generate import SeenWords
+
+    if mode not in WORDS_MODES:
+        raise InputError(f"unknown --words {mode!r}; use one of {', '.join(WORDS_MODES)}")
+    if mode == "any":
+        return None
+    f = loaded.path / SEEN_WORDS if loaded.path is not None else None
+    try:
+        stored = json.loads(f.read_text(encoding="utf-8")) if f is not None and f.is_file() else {}
+        if stored.get("format") == SEEN_WORDS_FORMAT:
+            return SeenWords.from_words(loaded.tokenizer, stored["words"])
+        dc, limit = loaded.config.data, loaded.config.model.max_len - 2
+        texts = load_texts(dc.train, dc.train_split, dc.text_column, dc.min_words, dc.max_words)
+        ids = [x for x in loaded.tokenizer.encode_batch(texts) if len(x) <= limit]  # as training drops them
+        words = SeenWords.from_corpus(loaded.tokenizer, ids)
+    except (DataError, OSError, ValueError, KeyError, TypeError) as e:
+        if mode == "seen":
+            raise CheckpointError(f"--words seen: no training words for {loaded.path} ({str(e)[:200]})") from None
+        log.warning("decoding any token sequence: the training data's words are not at hand (%s)", str(e)[:200])
+        return None
+    if f is not None:
+        try:
+            write_files(loaded.path, seen_words_files(words))
+        except OSError as e:
+            log.warning("could not cache the training words in %s: %s", loaded.path, e)
+    return words
+
+
+# --------------------------------------------------------------------------- the fitted prior
+
+PRIOR, PRIOR_INFO = "prior.safetensors", "prior.json"
+
+
+def prior_files(gm: Any, model: torch.nn.Module) -> dict[str, bytes]:
+    """The two files that hold a fitted prior (textvae/prior.py), tied to the model's weights."""
+    from safetensors.torch import save
+
+    tensors = save({"weights": gm.weights.contiguous(), "means": gm.means.contiguous(),
+                    "variances": gm.variances.contiguous()})
+    info = {**gm.info, "weights_sha256": weights_digest(model), "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
+    return {PRIOR: tensors, PRIOR_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
+
+
+def load_prior(loaded: Loaded, fit: bool = True) -> Any:
+    """The checkpoint's fitted prior; one that is missing (or was fitted to other weights) is
+    fitted now to the config's training data and cached, when ``fit`` is set."""
+    from safetensors.torch import load
+
+    from textvae.data import prepare_split
+    from textvae.errors import DataError
+    from textvae.prior import GaussianMixture, fit_to_corpus
+
+    digest = weights_digest(loaded.model)
+    try:
+        if loaded.path is None:
+            raise OSError("no checkpoint folder")
+        info = json.loads((loaded.path / PRIOR_INFO).read_text(encoding="utf-8"))
+        raw = (loaded.path / PRIOR).read_bytes()
+        if info.get("tensors_sha256") == hashlib.sha256(raw).hexdigest() and info.get("weights_sha256") == digest:
+            t = load(raw)
+            return GaussianMixture(t["weights"], t["means"], t["variances"], info)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        pass
+    if not fit:
+        raise CheckpointError(f"{loaded.path} has no fitted prior")
+    dc = loaded.config.data
+    try:
+        corpus, _ = prepare_split(dc.train, dc.train_split, loaded.tokenizer, loaded.config.model.max_len,
+                                  text_column=dc.text_column, min_words=dc.min_words, max_words=dc.max_words,
+                                  name="prior")
+    except DataError as e:
+        raise CheckpointError(f"--prior fitted: {loaded.path} has no fitted prior and its training data cannot be "
+                              f"read to fit one ({e})") from None
+    log.info("fitting the prior to the codes of %d training sentences", len(corpus))
+    gm = fit_to_corpus(loaded.model, corpus.ids, loaded.tokenizer, seed=loaded.config.train.seed)
+    try:
+        if loaded.path is not None:
+            write_files(loaded.path, prior_files(gm, loaded.model))
+    except OSError as e:
+        log.warning("could not cache the fitted prior in %s: %s", loaded.path, e)
+    return gm

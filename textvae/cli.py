@@ -33,22 +33,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample sentences from the prior of a trained model; prints one sentence per line."""
-    from textvae.checkpoint import load_pretrained
-    from textvae.generate import check_options, sample
+    from textvae.generate import check_options
 
     if args.n < 1:
         raise TextVAEError("-n must be at least 1")
     options = dict(strategy=args.strategy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    beam_size=args.beam_size, max_len=args.max_len, no_repeat_ngram=args.no_repeat_ngram)
     check_options(**options)
-    loaded = load_pretrained(args.checkpoint, device=_device(args.device))
-    texts, finished = sample(loaded.model, loaded.tokenizer, args.n, seed=args.seed, **options)
+    vae = _load_vae(args, attributes=False, latent=False)
+    texts, finished = vae.sample_detailed(args.n, seed=args.seed, prior=args.prior, words=args.words, **options)
     _print_lines(texts)
     if args.stats:
         from textvae.data import load_texts
         from textvae.evaluate import sample_quality
 
-        dc = loaded.config.data
+        dc = vae.config.data
         train_texts = load_texts(dc.train, dc.train_split, dc.text_column, dc.min_words, dc.max_words)
         stats = sample_quality(texts, finished, train_texts)
         print(json.dumps({k: round(v, 4) for k, v in stats.items()}), file=sys.stderr)
@@ -57,13 +56,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on held-out data: NLL, KL, IW-NLL, perplexity, MI, active units, BLEU, sample quality."""
-    from textvae.checkpoint import load_pretrained
+    from textvae import checkpoint as ckpt
     from textvae.evaluate import evaluate_checkpoint, format_report
 
-    loaded = load_pretrained(args.checkpoint, device=_device(args.device))
+    loaded = ckpt.load_pretrained(args.checkpoint, device=_device(args.device))
+    lm = ckpt.load_pretrained(args.lm_checkpoint, device=_device(args.device)) if args.lm_checkpoint else None
+    prior = ckpt.load_prior(loaded) if args.prior == "fitted" else None
     report = evaluate_checkpoint(loaded, args.data, args.split, args.text_column, args.max_words, args.limit,
                                  args.iw_samples, args.batch_size, args.mi_batch_size, args.au_threshold,
-                                 args.samples, args.seed)
+                                 args.samples, args.seed, lm, ckpt.load_seen_words(loaded, args.words), prior)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -270,11 +271,12 @@ def _decoding(args: argparse.Namespace, extras_only: bool = False) -> dict[str, 
     """The decoding options of a latent command (checked by textvae.generate when it decodes);
     ``extras_only``: without strategy and seed (a transfer's Options hold them)."""
     kw: dict[str, Any] = {} if extras_only else {"strategy": args.strategy, "seed": args.seed}
+    kw["words"] = args.words
     if getattr(args, "no_repeat_ngram", 0):
         kw["no_repeat_ngram"] = args.no_repeat_ngram
-    if args.strategy == "sample":
+    if args.strategy == "sample" and hasattr(args, "top_p"):
         kw["top_p"] = args.top_p
-    if args.strategy == "beam":
+    if args.strategy == "beam" and hasattr(args, "beam_size"):
         kw["beam_size"] = args.beam_size
     return kw
 
@@ -353,8 +355,26 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
                    help="forbid repeating any token N-gram in a sentence (greedy/sample; default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _add_words(p)
+    _add_prior(p)
     p.add_argument("--stats", action="store_true",
                    help="print eos rate, novelty against the training data and distinct-n as JSON on stderr")
+
+
+def _add_words(p: argparse.ArgumentParser) -> None:
+    from textvae.checkpoint import DEFAULT_WORDS, WORDS_MODES
+
+    p.add_argument("--words", choices=WORDS_MODES, default=DEFAULT_WORDS,
+                   help="seen: spell only words of the training data; any: any token sequence; auto: seen when the "
+                        f"checkpoint stores its training words or its training file can be read (default: {DEFAULT_WORDS})")
+
+
+def _add_prior(p: argparse.ArgumentParser) -> None:
+    from textvae.prior import DEFAULT_PRIOR, PRIORS
+
+    p.add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
+                   help="normal: z ~ N(0, I); fitted: z from the Gaussian mixture fitted to the training codes "
+                        f"(fitted and stored in the checkpoint when missing) (default: {DEFAULT_PRIOR})")
 
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
@@ -384,6 +404,11 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help=f"active-unit threshold on Cov(E_q[z]) (default {AU_THRESHOLD:g})")
     p.add_argument("--samples", type=int, default=SAMPLE_COUNT,
                    help=f"prior samples for sample-quality figures (default {SAMPLE_COUNT}; 0: none)")
+    p.add_argument("--lm-checkpoint", metavar="DIR",
+                   help="a language model of the same data (model.latent_dim=0): adds its NLL, IW-NLL minus it and "
+                        "the latent efficiency (LM NLL - reconstruction) / KL")
+    _add_words(p)
+    _add_prior(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -422,6 +447,7 @@ def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON ob
                    help=f"beams for --strategy beam (default {DEFAULT_BEAM_SIZE})")
     p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                    help="forbid repeating any token N-gram in an output (greedy/sample; default 0: off)")
+    _add_words(p)
     p.add_argument("--json", action="store_true", help=json_help)
 
 
@@ -521,6 +547,7 @@ def _add_evaluate_transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-methods", type=_names, default="mean-diff,project,search",
                    help="methods of the sweep (comma-separated)")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding (default greedy)")
+    _add_words(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

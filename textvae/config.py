@@ -36,8 +36,9 @@ class EncoderConfig:
     freeze: bool = False
     """'pretrained': keep the pretrained weights fixed (and their dropout off); only the posterior head trains."""
     lr: float = 0.0
-    """'pretrained', not frozen: peak learning rate of the pretrained weights (same warmup and
-    decay as train.lr); 0 means train.lr."""
+    """Peak learning rate of the encoder's weights (same warmup and decay as train.lr); 0 means
+    train.lr. 'pretrained', not frozen: the pretrained weights; 'transformer': the encoder and the
+    posterior head (a higher rate helps a lagging encoder keep up with the decoder, He et al. 2019)."""
 
     def __post_init__(self) -> None:
         _check_part("model.encoder", self.type, ("transformer", "pretrained"), self.name_or_path, self.lr)

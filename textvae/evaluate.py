@@ -90,7 +90,8 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 
 def sample_quality(texts: Sequence[str], finished: Sequence[bool], training_texts: Iterable[str]) -> dict[str, float]:
-    """Share ending with eos, share not copied verbatim from training, distinct-1/2, mean length."""
+    """Share ending with eos, share not copied verbatim from training, distinct-1/2, mean length,
+    share of words never seen in training."""
     train = set(training_texts)
     n = len(texts)
     lengths = [len(t.split()) for t in texts]
@@ -103,6 +104,7 @@ def sample_quality(texts: Sequence[str], finished: Sequence[bool], training_text
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "mean_words": sum(lengths) / n if n else 0.0,
+        "unseen_words": unseen_word_rate(texts, vocabulary(train)),
     }
 
 
@@ -273,12 +275,12 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, batch_size: int =
 
 @torch.no_grad()
 def greedy_reconstructions(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
-                           batch_size: int = 128) -> list[str]:
+                           batch_size: int = 128, **decode_kwargs: Any) -> list[str]:
     """Greedy decoding from the posterior mean, in the order of ``ids``."""
     from textvae.generate import decode_texts
 
     mu, _ = posterior_params(model, ids, tok, batch_size)
-    return decode_texts(model, tok, mu, batch_size, strategy="greedy")[0]
+    return decode_texts(model, tok, mu, batch_size, strategy="greedy", **decode_kwargs)[0]
 
 
 def self_bleu(texts: Sequence[str]) -> float:
@@ -306,32 +308,69 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- the full report
 
 
+_PUNCT = "".join(chr(c) for c in range(0x2000, 0x2070)) + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00ab\u00bb\u00bf\u00a1"
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a text as the unseen-word rate counts them: whitespace-separated, leading and
+    trailing punctuation stripped, lowercased; pure punctuation is not a word."""
+    out = []
+    for w in text.split():
+        w = w.strip(_PUNCT).lower()
+        if w:
+            out.append(w)
+    return out
+
+
+def vocabulary(texts: Iterable[str]) -> set[str]:
+    """Every word (:func:`words_of`) of a corpus."""
+    return {w for t in texts for w in words_of(t)}
+
+
+def unseen_word_rate(texts: Sequence[str], known: set[str]) -> float:
+    """Share of the words of ``texts`` that never occur in the corpus whose :func:`vocabulary` is
+    ``known``: made-up words (subword pieces glued into a non-word) and rare real ones."""
+    words = [w for t in texts for w in words_of(t)]
+    return sum(w not in known for w in words) / len(words) if words else 0.0
+
+
 def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, iw_samples: int = 500,
                    batch_size: int = 32, mi_batch_size: int = 128, au_threshold: float = AU_THRESHOLD,
                    n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
-                   seed: int = 0) -> dict:
-    """Every figure of ``textvae evaluate`` for ``texts``, each with its convention."""
-    import sacrebleu
+                   seed: int = 0, lm_nll: Optional[torch.Tensor] = None, decode_kwargs: Optional[dict] = None,
+                   prior: Optional[Any] = None) -> dict:
+    """Every figure of ``textvae evaluate`` for ``texts``, each with its convention.
 
-    from textvae.generate import sample
-
+    Args:
+        training_texts: the training corpus: the share of samples copied from it, and the words the
+            unseen-word rates are measured against.
+        lm_nll: (N,) exact NLL of ``texts`` under a language-model baseline (same data, no z): adds
+            ``lm_nll``, ``iw_gap`` (IW-NLL - LM NLL) and ``latent_efficiency`` ((LM NLL - rec) / KL).
+        decode_kwargs: decoding options of the reconstructions and samples (e.g. ``words``).
+        prior: the prior samples are drawn from (see :func:`textvae.generate.sample`; None: N(0, I)).
+    """
     ids, truncated = prepare_ids(tok, texts, model.cfg.max_len)
     refs = [tok.decode(x) for x in ids]  # what the model can reproduce (after truncation)
-    n = len(ids)
-    tokens = sum(len(x) + 1 for x in ids)  # + eos
-    words = sum(len(t.split()) for t in refs)
+    known = vocabulary(training_texts) if training_texts is not None else None
+    report = {"data": {"sentences": len(ids), "truncated": truncated, "tokens": sum(len(x) + 1 for x in ids),
+                       "words": sum(len(t.split()) for t in refs),
+                       "note": "tokens count eos (not bos); words are whitespace-separated words of the reference"}}
+    report.update(_likelihood_figures(model, tok, ids, report["data"], iw_samples, batch_size, mi_batch_size,
+                                      au_threshold, seed, lm_nll))
+    report.update(_reconstruction_figures(model, tok, ids, refs, known, decode_kwargs or {}))
+    report["samples"] = _sample_figures(model, tok, n_samples, top_p, seed, training_texts, known,
+                                        decode_kwargs or {}, prior)
+    return report
+
+
+def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]], data: dict, iw_samples: int,
+                        batch_size: int, mi_batch_size: int, au_threshold: float, seed: int,
+                        lm_nll: Optional[torch.Tensor]) -> dict:
     neg_elbo, kl = elbo_per_sentence(model, ids, tok, seed=seed)
     iw = iw_nll(model, ids, tok, k=iw_samples, batch_size=batch_size, seed=seed)
     mu, logvar = (t.cpu() for t in posterior_params(model, ids, tok))
     au, _ = active_units(mu, au_threshold)
-    hyps = greedy_reconstructions(model, ids, tok)
-    metric = sacrebleu.BLEU()
-    bleu = metric.corpus_score(hyps, [refs])
-    texts_s, finished = sample(model, tok, n_samples, seed=seed, strategy="sample", top_p=top_p)
-    train_set = set(training_texts) if training_texts is not None else None
-    report = {
-        "data": {"sentences": n, "truncated": truncated, "tokens": tokens, "words": words,
-                 "note": "tokens count eos (not bos); words are whitespace-separated words of the reference"},
+    out = {
         "rec": float((neg_elbo - kl).mean()),
         "kl": float(kl.mean()),
         "neg_elbo": float(neg_elbo.mean()),
@@ -340,27 +379,57 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
         "iw_samples": iw_samples if not model.is_lm else 0,
         "iw_note": ("importance-weighted bound (Burda et al. 2016), nats per sentence" if not model.is_lm
                     else "exact NLL of a language model (no latent), nats per sentence"),
-        "ppl_token": math.exp(float(iw.sum()) / tokens),
-        "ppl_word": math.exp(float(iw.sum()) / max(words, 1)),
+        "ppl_token": math.exp(float(iw.sum()) / data["tokens"]),
+        "ppl_word": math.exp(float(iw.sum()) / max(data["words"], 1)),
         "mi": mutual_information(mu, logvar, mi_batch_size, seed),
         "mi_batch_size": mi_batch_size,
         "active_units": au,
         "latent_dim": model.cfg.latent_dim,
         "au_threshold": au_threshold,
-        "recon_bleu": bleu.score,
-        "recon_exact": sum(h == r for h, r in zip(hyps, refs)) / max(n, 1),
-        "bleu_signature": str(metric.get_signature()),
-        "samples": {
-            "n": n_samples, "strategy": f"top-p {top_p}",
-            "eos_rate": sum(finished) / max(n_samples, 1),
-            "distinct_1": distinct_n(texts_s, 1),
-            "distinct_2": distinct_n(texts_s, 2),
-            "self_bleu": self_bleu(texts_s),
-            "mean_words": sum(len(t.split()) for t in texts_s) / max(n_samples, 1),
-            "copied_rate": (sum(t in train_set for t in texts_s) / max(n_samples, 1)) if train_set is not None else None,
-        },
     }
-    return report
+    if lm_nll is not None:
+        lm = float(lm_nll.double().mean())
+        out.update({"lm_nll": lm, "iw_gap": out["iw_nll"] - lm,
+                    "latent_efficiency": (lm - out["rec"]) / out["kl"] if out["kl"] > 0 else float("nan"),
+                    "lm_note": "lm_nll: exact NLL of the LM baseline on the same sentences; latent_efficiency: "
+                               "(lm_nll - rec) / KL, reconstruction nats bought per nat of KL"})
+    return out
+
+
+def _reconstruction_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]], refs: list[str],
+                            known: Optional[set[str]], decode_kwargs: dict) -> dict:
+    import sacrebleu
+
+    hyps = greedy_reconstructions(model, ids, tok, **decode_kwargs)
+    metric = sacrebleu.BLEU()
+    return {
+        "recon_bleu": metric.corpus_score(hyps, [refs]).score,
+        "recon_exact": sum(h == r for h, r in zip(hyps, refs)) / max(len(ids), 1),
+        "recon_unseen_words": unseen_word_rate(hyps, known) if known is not None else None,
+        "bleu_signature": str(metric.get_signature()),
+        "recon_examples": [{"source": r, "output": h} for r, h in zip(refs[:10], hyps[:10])],
+    }
+
+
+def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, seed: int,
+                    training_texts: Optional[Sequence[str]], known: Optional[set[str]], decode_kwargs: dict,
+                    prior: Optional[Any]) -> dict:
+    from textvae.generate import sample
+
+    texts, finished = (sample(model, tok, n, seed=seed, prior=prior, strategy="sample", top_p=top_p, **decode_kwargs)
+                       if n else ([], []))
+    train_set = set(training_texts) if training_texts is not None else None
+    return {
+        "n": n, "strategy": f"top-p {top_p}",
+        "eos_rate": sum(finished) / max(n, 1),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "self_bleu": self_bleu(texts),
+        "mean_words": sum(len(t.split()) for t in texts) / max(n, 1),
+        "copied_rate": (sum(t in train_set for t in texts) / max(n, 1)) if train_set is not None else None,
+        "unseen_words": unseen_word_rate(texts, known) if known is not None else None,
+        "examples": texts[:10],
+    }
 
 
 EVAL_SPLITS = ("train", "valid", "test")
@@ -375,7 +444,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                         text_column: Optional[str] = None, max_words: Optional[int] = None, limit: int = 0,
                         iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = IW_BATCH_SIZE,
                         mi_batch_size: int = MI_BATCH_SIZE, au_threshold: float = AU_THRESHOLD,
-                        samples: int = SAMPLE_COUNT, seed: int = 0) -> dict:
+                        samples: int = SAMPLE_COUNT, seed: int = 0, lm: Any = None, words: Any = None,
+                        prior: Any = None) -> dict:
     """:func:`evaluate_model` on held-out data cleaned by the checkpoint's own data rules.
 
     Args:
@@ -383,8 +453,12 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
         data: a data file or hub name (default: the config's file for ``split``).
         max_words: drop longer sentences (default: the config's data.max_words; 0: no limit).
         limit: the first N sentences only (0: all).
-        samples: prior samples for the sample-quality figures (0: none); their copy rate is
-            measured against the config's training file when it can be read.
+        samples: prior samples for the sample-quality figures (0: none).
+        lm: a loaded language-model baseline (latent_dim 0) to measure the latent's efficiency against.
+        words: decode reconstructions and samples with only these words (textvae.generate.SeenWords).
+        prior: draw the samples from this fitted prior (textvae/prior.py) instead of N(0, I).
+    The config's training file, when it can be read, gives the copy rate of samples and the
+    words of the unseen-word rates.
     """
     from textvae.data import load_texts
 
@@ -392,6 +466,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
         raise InputError("--iw-samples must be at least 1")
     if samples < 0 or batch_size < 1 or mi_batch_size < 2:
         raise InputError("--samples must be >= 0, --batch-size >= 1, --mi-batch-size >= 2")
+    if lm is not None and not lm.model.is_lm:
+        raise InputError("--lm-checkpoint must be a language model (trained with model.latent_dim=0)")
     dc = loaded.config.data
     source = data or getattr(dc, split, None)
     if not source:
@@ -399,20 +475,32 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
     texts = load_texts(source, split, text_column or dc.text_column, dc.min_words,
                        dc.max_words if max_words is None else max_words, limit, report=True)
     train_texts = None
-    if samples:
-        try:
-            train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
-        except TextVAEError as e:
-            log.warning("copy rate of samples not computed: %s", e)
+    try:
+        train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
+    except TextVAEError as e:
+        log.warning("copy rate and unseen words not computed: %s", e)
+    lm_nll = None
+    if lm is not None:
+        lm_ids, _ = prepare_ids(lm.tokenizer, texts, lm.model.cfg.max_len)
+        lm_nll = iw_nll(lm.model, lm_ids, lm.tokenizer, k=1)  # exact for a language model
     report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=iw_samples, batch_size=batch_size,
                             mi_batch_size=mi_batch_size, au_threshold=au_threshold, n_samples=samples,
-                            training_texts=train_texts, seed=seed)
+                            training_texts=train_texts, seed=seed, lm_nll=lm_nll, decode_kwargs={"words": words},
+                            prior=prior)
+    report["decoding"] = {"words": "seen in training" if words is not None else "any",
+                          "prior": "fitted mixture" if prior is not None else "N(0, I)"}
     report["checkpoint"] = str(loaded.path)
     report["data"]["source"] = source
+    if lm is not None:
+        report["lm_checkpoint"] = str(lm.path)
     if report["data"]["truncated"]:
         log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
                     report["data"]["truncated"], loaded.config.model.max_len)
     return report
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def format_report(r: dict) -> str:
@@ -430,14 +518,19 @@ def format_report(r: dict) -> str:
         ("active units", f"{r['active_units']}/{r['latent_dim']}", f"Cov_x(E_q[z]) > {r['au_threshold']}"),
         ("reconstruction BLEU", f"{r['recon_bleu']:.2f}", "greedy from the posterior mean, sacreBLEU corpus BLEU"),
         ("reconstruction exact", f"{100 * r['recon_exact']:.1f}%", "greedy reconstructions identical to the input"),
+        ("reconstruction unseen words", _pct(r.get("recon_unseen_words")), "words never seen in training"),
         ("samples distinct-1", f"{s['distinct_1']:.3f}", f"{s['n']} prior samples, {s['strategy']}"),
         ("samples distinct-2", f"{s['distinct_2']:.3f}", "unique word bigrams / all bigrams"),
         ("samples self-BLEU", f"{s['self_bleu']:.2f}", "mean sentence BLEU of each sample vs the others"),
         ("samples mean length", f"{s['mean_words']:.1f}", "words"),
         ("samples ending in eos", f"{100 * s['eos_rate']:.1f}%", "before the length limit"),
-        ("samples copied", "n/a" if s["copied_rate"] is None else f"{100 * s['copied_rate']:.1f}%",
-         "verbatim training sentences"),
+        ("samples copied", _pct(s["copied_rate"]), "verbatim training sentences"),
+        ("samples unseen words", _pct(s.get("unseen_words")), "words never seen in training"),
     ]
+    if r.get("lm_nll") is not None:
+        rows[5:5] = [("LM baseline NLL", f"{r['lm_nll']:.2f}", "nats/sentence, exact, the --lm-checkpoint model"),
+                     ("IW-NLL - LM NLL", f"{r['iw_gap']:+.2f}", "nats/sentence: what the latent costs as an LM"),
+                     ("latent efficiency", f"{r['latent_efficiency']:.3f}", "(LM NLL - reconstruction) / KL")]
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]

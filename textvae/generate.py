@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -59,11 +59,135 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+# --------------------------------------------------------------------------- decoding only seen words
+
+_WORD_MARKERS = ("\u0120", "\u2581", " ")  # byte-level BPE's "G-dot", sentencepiece's "lower one eighth block"
+
+
+class SeenWords:
+    """Decoding restricted to words seen in training: a trie over the token sequences of the
+    training corpus's whitespace words.
+
+    Most made-up words of a small decoder are real subword pieces glued into a non-word
+    ("marveible"). Here a word may only be spelled by a token sequence that spells a word of the
+    training data (with the punctuation attached to it there: "light:" is a word), so every output
+    word exists there; the model still chooses among them. A token whose string starts with the
+    tokenizer's word marker (a space) begins a new word; every other token continues the current
+    one. A new word or the end of the sentence may follow any complete word.
+
+    Per row the decoder keeps a state: -1 before the first word, else a trie node (the word so far).
+    """
+
+    def __init__(self, words: Sequence[Sequence[int]], vocab_size: int, marked: torch.Tensor, eos_id: int):
+        """Args: words: token sequences of words; marked: (V,) bool, tokens that begin a word."""
+        self.children: list[dict[int, int]] = [{}]  # node 0 is the root
+        self.terminal: list[bool] = [False]
+        self.depth: list[int] = [0]
+        for w in words:
+            node = 0
+            for t in w:
+                nxt = self.children[node].get(t)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][t] = nxt
+                    self.children.append({})
+                    self.terminal.append(False)
+                    self.depth.append(self.depth[node] + 1)
+                node = nxt
+            self.terminal[node] = True
+        self.words = [tuple(w) for w in words]
+        self.eos_id, self.vocab_size = eos_id, vocab_size
+        starts = torch.zeros(vocab_size, dtype=torch.bool)
+        starts[list(self.children[0])] = True
+        self.first = starts  # what the sentence may start with
+        self.after_word = starts & marked  # what may follow a complete word (a new word)...
+        self.after_word[eos_id] = True  # ...or the end
+        self._child_ids: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def word_starts(tok: Any) -> torch.Tensor:
+        """(V,) bool: the tokens whose string starts with the tokenizer's word marker."""
+        from textvae.errors import OptionError
+
+        strings = [tok.backend.id_to_token(i) or "" for i in range(tok.vocab_size)]
+        marked = torch.tensor([s.startswith(_WORD_MARKERS) for s in strings])
+        if int(marked.sum()) < 0.05 * len(strings):
+            raise OptionError("--words seen needs a tokenizer that marks word starts (textvae's bpe or unigram)")
+        return marked
+
+    @classmethod
+    def from_words(cls, tok: Any, words: Sequence[Sequence[int]]) -> "SeenWords":
+        return cls(words, tok.vocab_size, cls.word_starts(tok), tok.eos_id)
+
+    @classmethod
+    def from_corpus(cls, tok: Any, ids: Sequence[Sequence[int]]) -> "SeenWords":
+        """The words of a tokenised corpus (token-id lists without specials)."""
+        marked = cls.word_starts(tok)
+        is_marked = marked.tolist()
+        words: set[tuple[int, ...]] = set()
+        for seq in ids:
+            word: list[int] = []
+            for t in seq:
+                if is_marked[t] and word:
+                    words.add(tuple(word))
+                    word = []
+                word.append(t)
+            if word:
+                words.add(tuple(word))
+        return cls(sorted(words), tok.vocab_size, marked, tok.eos_id)
+
+    def start(self, rows: int) -> list[int]:
+        return [-1] * rows
+
+    def allowed(self, states: list[int], device: torch.device) -> torch.Tensor:
+        """(B, V) bool: the tokens each row may take next."""
+        mask = torch.zeros(len(states), self.vocab_size, dtype=torch.bool)
+        for b, node in enumerate(states):
+            if node < 0:
+                mask[b] = self.first
+                continue
+            if self.terminal[node]:
+                mask[b] = self.after_word
+            mask[b, self._children(node)] = True
+        return mask.to(device)
+
+    def restrict(self, logits: torch.Tensor, states: list[int]) -> torch.Tensor:
+        """(B, V) logits with every token a row may not take next set to -inf; a row left with
+        nothing (another rule, e.g. no_repeat_ngram, banned the rest) may still end."""
+        out = logits.masked_fill(~self.allowed(states, logits.device), float("-inf"))
+        stuck = torch.isinf(out).all(-1)
+        if bool(stuck.any()):
+            out[stuck, self.eos_id] = 0.0
+        return out
+
+    def advance(self, states: list[int], tokens: list[int]) -> list[int]:
+        out = []
+        for node, t in zip(states, tokens):
+            if t == self.eos_id:
+                out.append(-1)
+            elif node >= 0 and t in self.children[node]:
+                out.append(self.children[node][t])
+            else:  # a new word (the mask allowed nothing else)
+                out.append(self.children[0].get(t, -1))
+        return out
+
+    def trim(self, rows: list[list[int]], states: list[int]) -> list[list[int]]:
+        """Rows cut off by the length limit in the middle of a word lose that unfinished word."""
+        return [row[: len(row) - self.depth[node]] if node > 0 and not self.terminal[node] and self.eos_id not in row
+                else row for row, node in zip(rows, states)]
+
+    def _children(self, node: int) -> torch.Tensor:
+        ids = self._child_ids.get(node)
+        if ids is None:
+            ids = self._child_ids[node] = torch.tensor(sorted(self.children[node]), dtype=torch.long)
+        return ids
+
+
 @torch.no_grad()
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional[torch.Generator] = None,
-           use_cache: bool = True, no_repeat_ngram: int = 0) -> Decoded:
+           use_cache: bool = True, no_repeat_ngram: int = 0, words: Optional[SeenWords] = None) -> Decoded:
     """Decode latent codes z (B, L) into token ids, all rows of the batch at once.
 
     Args:
@@ -77,11 +201,12 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         no_repeat_ngram: n > 0 forbids any token n-gram from appearing twice in a row's output
             (greedy and sample): a weak decoder's greedy output otherwise loops ("the sons of the
             sons of ..."). 0 (default) decodes the model's distribution unchanged.
+        words: decode only words seen in training (:class:`SeenWords`); None: any token sequence.
     """
     check_options(strategy, temperature, top_k, top_p, beam_size, max_len, no_repeat_ngram, use_cache)
     limit = model.cfg.max_len - 1 if max_len is None else min(max_len, model.cfg.max_len - 1)
     if strategy == "beam":
-        return _beam(model, z, bos_id, eos_id, beam_size, limit)
+        return _beam(model, z, bos_id, eos_id, beam_size, limit, words)
     B = z.shape[0]
     device = z.device
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
@@ -89,6 +214,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
     out = torch.empty(B, 0, dtype=torch.long, device=device)
     cache = model.init_cache(z)
     prefix = tokens
+    states = words.start(B) if words is not None else None
     for step in range(limit):
         if use_cache:
             logits, cache = model.decode(tokens, z, cache, start=step)
@@ -97,6 +223,8 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         logits = logits[:, -1].float()
         if no_repeat_ngram:
             logits = ban_repeated_ngrams(logits, out, no_repeat_ngram, eos_id)
+        if words is not None:
+            logits = words.restrict(logits, states)
         if strategy == "greedy":
             nxt = logits.argmax(-1)
         else:
@@ -107,10 +235,15 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         done |= nxt == eos_id
         if bool(done.all()):
             break
+        if words is not None:
+            states = words.advance(states, nxt.tolist())
         tokens = nxt[:, None]
         if not use_cache:
             prefix = torch.cat([prefix, tokens], dim=1)
-    return _finish(out.tolist(), eos_id)
+    rows = out.tolist()
+    if words is not None and not bool(done.all()):
+        rows = words.trim(rows, states)
+    return _finish(rows, eos_id)
 
 
 def ban_repeated_ngrams(logits: torch.Tensor, out: torch.Tensor, n: int, eos_id: int) -> torch.Tensor:
@@ -144,7 +277,8 @@ def _finish(rows: list[list[int]], eos_id: int) -> Decoded:
     return Decoded(ids, finished)
 
 
-def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int) -> Decoded:
+def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int,
+          words: Optional[SeenWords] = None) -> Decoded:
     """Beam search with length-normalised scores; each input row keeps beam_size hypotheses."""
     B, K = z.shape[0], beam_size
     device = z.device
@@ -156,9 +290,12 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)
     done = torch.zeros(B * K, dtype=torch.bool, device=device)
     lengths = torch.zeros(B * K, device=device)
+    states = words.start(B * K) if words is not None else None
     for step in range(limit):
         logits, cache = model.decode(tokens, zk, cache, start=step)
         logp = logits[:, -1].float().log_softmax(-1)  # (B*K, V)
+        if words is not None:
+            logp = words.restrict(logp, states)
         V = logp.shape[-1]
         # finished beams may only extend with eos at no cost
         frozen = torch.full_like(logp, float("-inf"))
@@ -176,12 +313,17 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
         seqs = torch.cat([seqs[rows], tok.view(-1, 1)], dim=1)
         done = done[rows] | (tok.view(-1) == eos_id)
         cache = model.reorder_cache(cache, rows)  # keys/values (or a GRU state) of the surviving beams
+        if words is not None:
+            states = words.advance([states[r] for r in rows.tolist()], tok.view(-1).tolist())
         if bool(done.all()):
             break
         tokens = tok.view(-1, 1)
     best = (scores / lengths.view(B, K).clamp_min(1.0)).argmax(-1)
     pick = torch.arange(B, device=device) * K + best
-    return _finish(seqs[pick].tolist(), eos_id)
+    rows = seqs[pick].tolist()
+    if words is not None:
+        rows = words.trim(rows, [states[i] for i in pick.tolist()])
+    return _finish(rows, eos_id)
 
 
 @torch.no_grad()
@@ -202,15 +344,20 @@ def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batc
 
 @torch.no_grad()
 def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
-           **decode_kwargs) -> tuple[list[str], list[bool]]:
-    """Draw n codes from the prior N(0, I) and decode them. Returns (texts, finished flags)."""
+           prior: Optional[Any] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
+    """Draw n codes from the prior and decode them. Returns (texts, finished flags).
+
+    ``prior``: None for N(0, I), or a fitted prior with ``sample(n, generator)`` (textvae/prior.py).
+    """
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(seed)
     gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     texts: list[str] = []
     finished: list[bool] = []
     for start in range(0, n, batch_size):  # codes are drawn batch by batch, between the decodes
-        z = torch.randn(min(batch_size, n - start), model.cfg.latent_dim, generator=g).to(device)
+        m = min(batch_size, n - start)
+        z = (prior.sample(m, generator=g) if prior is not None else torch.randn(m, model.cfg.latent_dim, generator=g))
+        z = z.to(device)
         t, f = decode_texts(model, tokenizer, z, batch_size, gd, **decode_kwargs)
         texts += t
         finished += f

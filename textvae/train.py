@@ -29,7 +29,7 @@ from textvae import distributed
 from textvae.config import Config, apply_overrides, from_dict, load_config
 from textvae.data import BucketBatcher, Corpus, collate, prepare_split, read_training_texts
 from textvae.distributed import DistInfo
-from textvae.errors import CheckpointError, ConfigError, TextVAEError
+from textvae.errors import CheckpointError, ConfigError, OptionError, TextVAEError
 from textvae.evaluate import evaluate_elbo
 from textvae.files import atomic_write
 from textvae.generate import sample
@@ -93,10 +93,15 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
 
     Pretrained weights get their own groups when model.encoder.lr / model.decoder.lr differ from
     train.lr: a group's ``lr_scale`` multiplies the scheduled learning rate. Frozen weights are left out.
+    A from-scratch encoder with model.encoder.lr set gets it too, with the posterior head: a lagging
+    encoder (He et al. 2019) learns q(z|x) more slowly than the decoder learns to do without z, and a
+    higher encoder rate is a cheap way to let it keep up.
     """
     part_lr = {"encoder": cfg.model.encoder.lr, "decoder": cfg.model.decoder.lr}
     scales = {prefix: part_lr[part] / cfg.train.lr if part_lr[part] else 1.0
               for part, prefix in model.pretrained_prefixes().items()}
+    if cfg.model.encoder.lr and "encoder" not in model.pretrained_prefixes() and not model.is_lm:
+        scales.update(dict.fromkeys(("encoder.", "to_posterior."), cfg.model.encoder.lr / cfg.train.lr))
     groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -602,19 +607,37 @@ def save(run: TrainingRun, final: bool = False) -> None:
         trainer_state["rng_ranks"] = rngs
     if run.precision == "fp16":
         trainer_state["scaler"] = run.scaler.state_dict()
-    extra = _attribute_files(run) if final and run.train_set.labels is not None and not run.model.is_lm else None
+    extra = _final_files(run) if final else None
     meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
             "step": run.step, "final": final}
     ckpt.save_checkpoint(run.ckpt_dir, run.model, run.tok, run.cfg, meta=meta, trainer_state=trainer_state,
                          extra_files=extra)
 
 
-def _attribute_files(run: TrainingRun) -> dict[str, bytes]:
-    """Attribute vectors for style transfer (textvae/transfer.py), from the final weights."""
-    dc = run.cfg.data
-    info = {"source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
-            "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words, "step": run.step}
-    return ckpt.attribute_files(corpus_attributes(run.model, run.train_set, run.tok, run.label_names, info))
+def _final_files(run: TrainingRun) -> dict[str, bytes]:
+    """What the final checkpoint adds, from the final weights and the training data: the training
+    words (decoding only seen words), the prior fitted to the codes (textvae/prior.py) and, for a
+    labelled corpus, the attribute vectors of style transfer (textvae/transfer.py)."""
+    from textvae.generate import SeenWords
+    from textvae.prior import fit_to_corpus
+
+    files: dict[str, bytes] = {}
+    try:
+        files.update(ckpt.seen_words_files(SeenWords.from_corpus(run.tok, run.train_set.ids)))
+    except OptionError as e:  # a tokenizer without word markers: decoding is not restricted
+        log.info("no training words stored: %s", e)
+    if run.model.is_lm:
+        return files
+    files.update(ckpt.prior_files(fit_to_corpus(run.model, run.train_set.ids, run.tok, seed=run.cfg.train.seed),
+                                  run.model))
+    if run.train_set.labels is not None:
+        dc = run.cfg.data
+        info = {"source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
+                "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words,
+                "step": run.step}
+        attrs = corpus_attributes(run.model, run.train_set, run.tok, run.label_names, info)
+        files.update(ckpt.attribute_files(attrs))
+    return files
 
 
 def log_prior_samples(run: TrainingRun, n: int = 5) -> None:

@@ -1,0 +1,79 @@
+"""The fitted prior (textvae/prior.py): EM on a Gaussian mixture, its density and its samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from textvae import checkpoint as ckpt
+from textvae.prior import GaussianMixture, fit_mixture
+
+
+def _two_clusters(n: int = 600) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, 3, generator=g) * 0.1 + torch.tensor([4.0, 0.0, 0.0])
+    b = torch.randn(n // 2, 3, generator=g) * 0.3 + torch.tensor([-4.0, 1.0, 0.0])
+    return torch.cat([a, b])
+
+
+def test_em_recovers_two_separated_clusters():
+    gm = fit_mixture(_two_clusters(), components=2, seed=0)
+    order = gm.means[:, 0].argsort(descending=True)
+    means, var, w = gm.means[order], gm.variances[order], gm.weights[order]
+    assert torch.allclose(means, torch.tensor([[4.0, 0.0, 0.0], [-4.0, 1.0, 0.0]]), atol=0.1)
+    assert torch.allclose(var.sqrt(), torch.tensor([[0.1] * 3, [0.3] * 3]), atol=0.05)
+    assert torch.allclose(w, torch.tensor([2 / 3, 1 / 3]), atol=0.01)
+
+
+def test_log_prob_matches_torch_distributions():
+    gm = fit_mixture(_two_clusters(), components=3, seed=1)
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=gm.weights),
+        torch.distributions.Independent(torch.distributions.Normal(gm.means, gm.variances.sqrt()), 1))
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(2)) * 3
+    assert torch.allclose(gm.log_prob(z), reference.log_prob(z), atol=1e-4)
+
+
+def test_fitting_and_sampling_are_deterministic():
+    z = _two_clusters()
+    a, b = fit_mixture(z, 4, seed=3), fit_mixture(z, 4, seed=3)
+    assert torch.equal(a.means, b.means) and torch.equal(a.variances, b.variances)
+    s1 = a.sample(20, torch.Generator().manual_seed(5))
+    s2 = a.sample(20, torch.Generator().manual_seed(5))
+    assert s1.shape == (20, 3) and torch.equal(s1, s2)
+
+
+def test_samples_follow_the_mixture():
+    gm = GaussianMixture(torch.tensor([0.25, 0.75]), torch.tensor([[-10.0], [10.0]]), torch.tensor([[1.0], [4.0]]))
+    s = gm.sample(20000, torch.Generator().manual_seed(0))[:, 0]
+    right = s[s > 0]
+    assert abs(len(right) / len(s) - 0.75) < 0.02
+    assert abs(float(right.mean()) - 10.0) < 0.1 and abs(float(right.std()) - 2.0) < 0.1
+
+
+def test_too_few_codes_is_an_error():
+    with pytest.raises(ValueError, match="at least 5 codes"):
+        fit_mixture(torch.zeros(3, 2), components=5)
+
+
+def test_training_stores_a_prior_tied_to_the_weights(trained):
+    gm = ckpt.load_prior(trained, fit=False)
+    assert gm.means.shape == (gm.info["components"], trained.config.model.latent_dim)
+    assert math.isclose(float(gm.weights.sum()), 1.0, rel_tol=1e-5)
+    assert gm.info["codes"] > 0
+
+
+def test_a_missing_prior_is_fitted_and_cached(copy_run):
+    from textvae import TextVAE
+
+    run = copy_run()
+    folder = run / ckpt.CHECKPOINT_DIR
+    (folder / ckpt.PRIOR).unlink()
+    vae = TextVAE.from_pretrained(run)
+    with pytest.raises(Exception, match="no fitted prior"):
+        ckpt.load_prior(vae, fit=False)
+    texts = vae.sample(3, seed=0, prior="fitted")
+    assert len(texts) == 3 and (folder / ckpt.PRIOR).is_file()
+    assert vae.sample(3, seed=0, prior="fitted") == TextVAE.from_pretrained(run).sample(3, seed=0, prior="fitted")
