@@ -142,13 +142,11 @@ class SeenWords:
     def allowed(self, states: list[int], device: torch.device) -> torch.Tensor:
         """(B, V) bool: the tokens each row may take next."""
         mask = torch.zeros(len(states), self.vocab_size, dtype=torch.bool)
+        mask[[b for b, node in enumerate(states) if node < 0]] = self.first
+        mask[[b for b, node in enumerate(states) if node >= 0 and self.terminal[node]]] = self.after_word
         for b, node in enumerate(states):
-            if node < 0:
-                mask[b] = self.first
-                continue
-            if self.terminal[node]:
-                mask[b] = self.after_word
-            mask[b, self._children(node)] = True
+            if node >= 0:
+                mask[b, self._children(node)] = True
         return mask.to(device)
 
     def restrict(self, logits: torch.Tensor, states: list[int]) -> torch.Tensor:

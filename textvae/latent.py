@@ -18,8 +18,6 @@ import torch
 from textvae.errors import InputError
 
 INTERPOLATIONS = ("lerp", "slerp")
-LATENT_TRANSFERS = ("mean-diff", "project")
-"""Transfers that are pure arithmetic on z (``textvae/transfer.py`` adds those that decode candidates)."""
 
 
 @dataclass

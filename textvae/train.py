@@ -37,7 +37,7 @@ from textvae.losses import elbo_loss, word_dropout
 from textvae.model import SentenceVAE
 from textvae.schedules import kl_weight, learning_rate, word_dropout_rate
 from textvae.tokenizer import Tokenizer, build_tokenizer
-from textvae.transfer import corpus_attributes
+from textvae.transfer import corpus_attributes, provenance
 
 if TYPE_CHECKING:
     from textvae.streaming import StreamingCorpus
@@ -632,9 +632,7 @@ def _final_files(run: TrainingRun) -> dict[str, bytes]:
                                   run.model))
     if run.train_set.labels is not None:
         dc = run.cfg.data
-        info = {"source": dc.train, "split": dc.train_split, "text_column": dc.text_column,
-                "label_column": dc.label_column, "min_words": dc.min_words, "max_words": dc.max_words,
-                "step": run.step}
+        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=run.step)
         attrs = corpus_attributes(run.model, run.train_set, run.tok, run.label_names, info)
         files.update(ckpt.attribute_files(attrs))
     return files
