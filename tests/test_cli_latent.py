@@ -295,7 +295,7 @@ def test_evaluate_against_a_language_model(run_cli, trained_run, tmp_path):
     assert rc == 0, err
     r = json.loads(out)
     assert r["latent_efficiency"] == pytest.approx((r["lm_nll"] - r["rec"]) / r["kl"])
-    assert r["decoding"] == {"words": "seen in training", "prior": "fitted mixture"}
+    assert r["decoding"] == {"words": "seen in training", "prior": "fitted mixture", "refine_steps": 0}
     rc, out, err = run_cli("evaluate", "--checkpoint", trained_run, "--data", TINY_DATA / "valid.jsonl",
                            "--iw-samples", "2", "--samples", "5", "--lm-checkpoint", lm)
     assert rc == 0 and "latent efficiency" in out and "unseen words" in out

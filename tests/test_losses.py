@@ -137,6 +137,22 @@ def test_elbo_loss_adds_weighted_bag_of_words():
     torch.testing.assert_close(both["neg_elbo"], plain["neg_elbo"])  # the bound itself is untouched
 
 
+def test_elbo_loss_adds_weighted_positional_nll():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 7, generator=g)
+    pos_logits = torch.randn(2, 3, 7, generator=g)
+    targets = torch.tensor([[4, 5, EOS], [6, EOS, PAD]])
+    mu, logvar = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    plain = elbo_loss(logits, targets, mu, logvar, PAD, beta=0.5)
+    assert "position" not in plain
+    both = elbo_loss(logits, targets, mu, logvar, PAD, beta=0.5, position_logits=pos_logits, position_weight=0.4)
+    lp = pos_logits.log_softmax(-1)
+    want = -torch.stack([lp[0, 0, 4] + lp[0, 1, 5] + lp[0, 2, EOS], lp[1, 0, 6] + lp[1, 1, EOS]]).mean()  # pad left out
+    torch.testing.assert_close(both["position"], want)
+    torch.testing.assert_close(both["loss"], plain["loss"] + 0.4 * want)
+    torch.testing.assert_close(both["neg_elbo"], plain["neg_elbo"])
+
+
 def test_word_dropout_never_touches_specials():
     x = make_dec_in()
     out = word_dropout(x, 0.999, UNK, (PAD, BOS, EOS), torch.Generator().manual_seed(0))

@@ -279,6 +279,43 @@ def test_bag_of_words_head_only_when_weighted():
     assert not hasattr(make_model(latent_dim=0, bow_weight=0.5), "z_to_bow")  # the LM baseline has no z
 
 
+def test_positional_head_reads_z_and_positions_only():
+    enc = tokens(3, 9)
+    mask = torch.ones_like(enc, dtype=torch.bool)
+    assert make_model()(enc, mask, tokens(3, 7, seed=1)).position_logits is None
+    model = make_model(position_weight=1.0)
+    out = model(enc, mask, tokens(3, 7, seed=1), sample=False)
+    assert out.position_logits.shape == (3, 7, 40)
+    # the decoder's inputs do not reach it: other inputs, same logits; another z, other logits
+    again = model(enc, mask, tokens(3, 7, seed=2), sample=False)
+    torch.testing.assert_close(again.position_logits, out.position_logits)
+    other = model.positional_head(out.mu.flip(0), 7)
+    assert (other - out.position_logits).abs().amax() > 1e-3
+    # positions differ, and a shorter request is a prefix of a longer one
+    assert (out.position_logits[:, 0] - out.position_logits[:, 1]).abs().amax() > 1e-3
+    torch.testing.assert_close(model.positional_head(out.mu, 4), out.position_logits[:, :4])
+    assert not hasattr(make_model(latent_dim=0, position_weight=1.0), "positional_head")
+
+
+def test_positional_head_leaves_the_default_init_alone():
+    """Adding the head draws its weights after every other layer's: the rest is initialised as without it."""
+    torch.manual_seed(0)
+    plain = SentenceVAE(small_model_config())
+    torch.manual_seed(0)
+    with_head = SentenceVAE(small_model_config(position_weight=1.0))
+    heads = {k for k in with_head.state_dict() if k.startswith("positional_head.")}
+    assert heads and "tok_emb.weight" not in heads
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(with_head.state_dict()[k], v, msg=k)
+
+
+def test_negative_position_weight_rejected():
+    from textvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="position_weight"):
+        small_model_config(position_weight=float("nan"))
+
+
 def test_negative_bow_weight_rejected():
     from textvae.errors import ConfigError
 

@@ -30,7 +30,7 @@ from textvae import transfer as style_transfer  # (TextVAE.transfer would shadow
 from textvae.config import Config
 from textvae.data import check_sentences
 from textvae.errors import CheckpointError, InputError
-from textvae.evaluate import SCORE_IW_SAMPLES, posterior_params, prepare_ids
+from textvae.evaluate import SCORE_IW_SAMPLES, posterior_params, prepare_ids, refine_posterior
 from textvae.generate import decode_texts
 from textvae.model import SentenceVAE
 from textvae.prior import DEFAULT_PRIOR, PRIORS
@@ -71,6 +71,7 @@ class TextVAE:
         self.batch_size = batch_size
         self.truncated = 0  # sentences cut to the model's length limit by the last encode()
         self.warn_truncation = True  # log a warning when encode() truncates
+        self.refine_steps = 0  # > 0: semi-amortised encoding (Kim et al. 2018), see encode_texts
         self.judges: dict[str, Any] = {}  # style judges of transfer, loaded (or trained) on first use
         self._words: dict[str, Any] = {}  # the training data's words per --words mode, loaded on first use
         self._prior: Optional[Any] = None  # the fitted prior, loaded on first use
@@ -115,8 +116,11 @@ class TextVAE:
         """
         return self.encode_texts(check_sentences(sentences))
 
-    def encode_texts(self, texts: list[str], warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`encode` for texts already checked (``warn=False``: no truncation count or warning)."""
+    def encode_texts(self, texts: list[str], warn: bool = True, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` for texts already checked (``warn=False``: no truncation count or warning).
+
+        With ``self.refine_steps`` > 0 (and ``refine``), each mean is refined against the decoder
+        at encode time (semi-amortised inference, :func:`textvae.evaluate.refine_posterior`)."""
         if self.model.is_lm:
             raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space")
         ids, truncated = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
@@ -125,7 +129,11 @@ class TextVAE:
         if truncated and warn and self.warn_truncation:
             log.warning("%d of %d sentences were longer than the model's limit (%d tokens, bos/eos included) "
                         "and were truncated", truncated, len(texts), self.model.cfg.max_len)
-        return posterior_params(self.model, ids, self.tokenizer, self.batch_size)
+        mu, logvar = posterior_params(self.model, ids, self.tokenizer, self.batch_size)
+        if refine and self.refine_steps:
+            mu = refine_posterior(self.model, ids, self.tokenizer, mu, logvar, self.refine_steps,
+                                  batch_size=self.batch_size)
+        return mu, logvar
 
     def seen_words(self, mode: str = ckpt.DEFAULT_WORDS) -> Optional[Any]:
         """The training data's words for decoding with ``words=mode`` (see :func:`textvae.checkpoint.load_seen_words`)."""
@@ -250,7 +258,7 @@ class TextVAE:
         unknown = sorted(set(labels) - set(index))
         if unknown:
             raise InputError(f"unknown label {unknown[0]!r}; known labels: {', '.join(names)}")
-        mu, _ = self.encode(texts)
+        mu, _ = self.encode_texts(texts, refine=False)  # the amortised means, as at training time
         lab = torch.tensor([index[x] for x in labels], device=mu.device)
         means, counts = latent.attribute_vectors(mu, lab, len(names))
         full_info = {"sentences": len(texts), "truncated": self.truncated, "latent_dim": self.latent_dim,

@@ -64,7 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     prior = ckpt.load_prior(loaded) if args.prior == "fitted" else None
     report = evaluate_checkpoint(loaded, args.data, args.split, args.text_column, args.max_words, args.limit,
                                  args.iw_samples, args.batch_size, args.mi_batch_size, args.au_threshold,
-                                 args.samples, args.seed, lm, ckpt.load_seen_words(loaded, args.words), prior)
+                                 args.samples, args.seed, lm, ckpt.load_seen_words(loaded, args.words), prior,
+                                 args.refine_steps)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -253,6 +254,7 @@ def _load_vae(args: argparse.Namespace, attributes: bool = True, latent: bool = 
     vae = TextVAE.from_pretrained(args.checkpoint, device=_device(args.device), attributes=attributes)
     if latent and vae.model.is_lm:
         raise TextVAEError("this checkpoint is a language model (latent_dim 0): it has no latent space")
+    vae.refine_steps = getattr(args, "refine_steps", 0)  # checked when the first sentence is encoded
     return vae
 
 
@@ -369,6 +371,15 @@ def _add_words(p: argparse.ArgumentParser) -> None:
                         f"checkpoint stores its training words or its training file can be read (default: {DEFAULT_WORDS})")
 
 
+def _add_refine(p: argparse.ArgumentParser) -> None:
+    from textvae.evaluate import MAX_REFINE_STEPS
+
+    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                   help="semi-amortised encoding (Kim et al. 2018): N gradient steps on each posterior mean against "
+                        f"the decoder's likelihood of its sentence before decoding (0 to {MAX_REFINE_STEPS}; default 0: "
+                        "the encoder's mean)")
+
+
 def _add_prior(p: argparse.ArgumentParser) -> None:
     from textvae.prior import DEFAULT_PRIOR, PRIORS
 
@@ -409,6 +420,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                         "the latent efficiency (LM NLL - reconstruction) / KL")
     _add_words(p)
     _add_prior(p)
+    _add_refine(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -433,6 +445,7 @@ def _add_encode(p: argparse.ArgumentParser) -> None:
     _add_input_file(p)
     p.add_argument("--output", required=True, help="FILE.npy (posterior means) or FILE.parquet (text, mu[, logvar])")
     p.add_argument("--logvar", action="store_true", help="also write log-variances (.npy: FILE.logvar.npy)")
+    _add_refine(p)
 
 
 def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON object per line") -> None:
@@ -448,6 +461,7 @@ def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON ob
     p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                    help="forbid repeating any token N-gram in an output (greedy/sample; default 0: off)")
     _add_words(p)
+    _add_refine(p)
     p.add_argument("--json", action="store_true", help=json_help)
 
 

@@ -104,6 +104,12 @@ class ModelConfig:
     tokens from z, regardless of order, so the encoder is taught to put the content into z from
     the first step instead of waiting for the decoder to ask for it. > 0 adds the head (L x vocab_size
     weights); it is trained with the model and unused at generation time."""
+    position_weight: float = 0.0
+    """Weight of a non-autoregressive positional loss on z: a head predicts the token at every
+    position from z and that position's embedding alone, without the previous tokens, so the
+    encoder is taught to put the sentence itself (its words in their order, not only its topic)
+    into z. > 0 adds the head (max_len x d_model positions, an L x d_model projection and an MLP;
+    the output layer is the tied token embedding); it is unused at generation time."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -130,6 +136,8 @@ class ModelConfig:
             raise ConfigError(f"model.z_slots > 1 needs model.decoder.type 'transformer' (got {self.decoder.type!r})")
         if not math.isfinite(self.bow_weight) or self.bow_weight < 0:
             raise ConfigError(f"model.bow_weight must be >= 0, got {self.bow_weight}")
+        if not math.isfinite(self.position_weight) or self.position_weight < 0:
+            raise ConfigError(f"model.position_weight must be >= 0, got {self.position_weight}")
 
 
 @dataclass(frozen=True)

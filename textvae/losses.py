@@ -55,13 +55,16 @@ def bag_of_words_nll(bow_logits: torch.Tensor, targets: torch.Tensor, ignore_ids
 
 def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
               pad_id: int, beta: float = 1.0, free_bits: float = 0.0, bow_logits: Optional[torch.Tensor] = None,
-              bow_weight: float = 0.0, bow_ignore: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+              bow_weight: float = 0.0, bow_ignore: tuple[int, ...] = (),
+              position_logits: Optional[torch.Tensor] = None, position_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Objective and its parts, averaged over the batch (nats per sentence).
 
     Returns a dict with ``loss`` (rec + beta * KL with free bits [+ bow_weight * bag-of-words
     NLL], to minimise), ``rec``, ``kl`` (the true KL, for logging), ``kl_objective`` (the KL
     term as optimised), ``neg_elbo`` (rec + KL, beta = 1, no free bits) and, when
-    ``bow_logits`` is given, ``bow`` (:func:`bag_of_words_nll`, ignoring pad and ``bow_ignore``).
+    ``bow_logits`` is given, ``bow`` (:func:`bag_of_words_nll`, ignoring pad and ``bow_ignore``);
+    when ``position_logits`` (B, T, V) is given, ``position`` (the positional head's token NLL,
+    :func:`reconstruction_nll` of its logits) weighted by ``position_weight``.
     """
     rec = reconstruction_nll(logits, targets, pad_id).mean()
     kl_dim = gaussian_kl(mu, logvar)
@@ -71,6 +74,9 @@ def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, log
     if bow_logits is not None:
         out["bow"] = bag_of_words_nll(bow_logits, targets, (pad_id, *bow_ignore)).mean()
         out["loss"] = out["loss"] + bow_weight * out["bow"]
+    if position_logits is not None:
+        out["position"] = reconstruction_nll(position_logits, targets, pad_id).mean()
+        out["loss"] = out["loss"] + position_weight * out["position"]
     return out
 
 

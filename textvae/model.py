@@ -45,6 +45,7 @@ class VAEOutput:
     logvar: torch.Tensor  # (B, L)
     z: torch.Tensor  # (B, L)
     bow_logits: Optional[torch.Tensor] = None  # (B, V) when the model has a bag-of-words head
+    position_logits: Optional[torch.Tensor] = None  # (B, T, V) when the model has a positional head
 
 
 # One layer's cache: keys and values (B, H, P, Dh), P = memory slot + tokens seen so far.
@@ -496,6 +497,34 @@ DECODERS: dict[str, type[Decoder]] = {
 # ---------------------------------------------------------------------------- the model
 
 
+class PositionalHead(nn.Module):
+    """A non-autoregressive reading of z: the logits of the token at each position t from z and
+    t's embedding alone, h_t = LN(W2 GELU(W1 z + P_t)), logits_t = h_t E^T (E the tied token
+    embedding when there is one, else an own output layer). No previous token is seen, so the
+    only way to predict the sentence is to have it in z: the gradient reaches the encoder
+    directly instead of through an autoregressive decoder that can guess most tokens from the
+    prefix (an auxiliary target in the spirit of Zhao et al. 2017's bag of words, with order)."""
+
+    def __init__(self, cfg: ModelConfig, tok_emb: Optional[nn.Embedding]):
+        super().__init__()
+        D = cfg.d_model
+        self.pos = nn.Embedding(cfg.max_len, D)
+        self.z_in = nn.Linear(cfg.latent_dim, D)
+        self.mix = nn.Linear(D, D)
+        self.ln = nn.LayerNorm(D)
+        object.__setattr__(self, "_tok_emb", tok_emb)  # unregistered, as in Part._hold_token_embedding
+        if tok_emb is None:
+            self.out = nn.Linear(D, cfg.vocab_size)
+
+    def forward(self, z: torch.Tensor, T: int) -> torch.Tensor:
+        """z (B, L) -> logits (B, T, V) for positions 0..T-1."""
+        pos = self.pos(torch.arange(T, device=z.device))  # (T, D)
+        h = self.ln(self.mix(F.gelu(self.z_in(z).unsqueeze(1) + pos)))  # (B, T, D)
+        if self._tok_emb is None:
+            return self.out(h)
+        return F.linear(h, self._tok_emb.weight)
+
+
 class SentenceVAE(nn.Module):
     """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode`` serve generation.
 
@@ -539,6 +568,12 @@ class SentenceVAE(nn.Module):
             # Bag-of-words head (Zhao et al. 2017): z -> one distribution over the vocabulary
             # that every token of the sentence is scored under, whatever its position.
             self.z_to_bow = nn.Linear(L, cfg.vocab_size)
+        if not self.is_lm and cfg.position_weight > 0:
+            # Built without drawing from the global generator (its layers are initialised below,
+            # after all others), so a model with the head starts from the same weights as without.
+            rng = torch.random.get_rng_state()
+            self.positional_head = PositionalHead(cfg, tok_emb)
+            torch.random.set_rng_state(rng)
         self._init_parameters()
 
     def _parts(self) -> list[tuple[str, Part]]:
@@ -552,7 +587,7 @@ class SentenceVAE(nn.Module):
         The order decides which random numbers each layer draws, so it is fixed: first the token
         embedding, then the parts' own embedding tables (``Part.embeddings``: the encoder's, then
         the decoder's position embedding), then every other Linear and Embedding in registration
-        order (encoder, to_posterior, decoder, z_to_bow). It is the order of the model before its
+        order (encoder, to_posterior, decoder, z_to_bow), the positional head last. It is the order of the model before its
         parts were classes (tok_emb, enc_pos, dec_pos, encoder blocks, ...), so a seed gives the
         same weights as it did then (the GRU keeps its own init, drawn when it is built).
         """
@@ -564,6 +599,8 @@ class SentenceVAE(nn.Module):
         for m in first:
             self._init_weights(m)
             done.add(id(m))
+        last = list(self.positional_head.modules()) if hasattr(self, "positional_head") else []
+        done |= {id(m) for m in last}  # an optional head draws after everything else
         self.apply(lambda m: None if id(m) in done else self._init_weights(m))
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") and ".hf." not in name:  # GPT-2: scale residual projections by depth
@@ -574,6 +611,8 @@ class SentenceVAE(nn.Module):
             # collapse by initialisation); with sigma ~ 0.05 z follows mu and the decoder reads it.
             with torch.no_grad():
                 self.to_posterior.bias[L:].fill_(cfg.init_logvar)
+        for m in last:
+            self._init_weights(m)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -670,7 +709,8 @@ class SentenceVAE(nn.Module):
         z = self.reparameterize(mu, logvar, generator, eps) if sample else mu
         logits, _ = self.decode(dec_in, z)
         bow_logits = self.z_to_bow(z) if hasattr(self, "z_to_bow") else None
-        return VAEOutput(logits, mu, logvar, z, bow_logits)
+        pos_logits = self.positional_head(z, dec_in.shape[1]) if hasattr(self, "positional_head") else None
+        return VAEOutput(logits, mu, logvar, z, bow_logits, pos_logits)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

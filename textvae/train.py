@@ -496,9 +496,11 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
         with distributed.no_sync(run.ddp_model, run.dist, sync=micro == tc.grad_accum - 1):
             with run.amp:
                 out = run.train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps)
-            # rec + beta * KL, the KL with free bits (Kingma et al. 2016), + bag-of-words (Zhao et al. 2017)
+            # rec + beta * KL, the KL with free bits (Kingma et al. 2016), + bag-of-words (Zhao et al.
+            # 2017) and positional auxiliary losses
             terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits,
-                              out.bow_logits, cfg.model.bow_weight, (tok.eos_id,))
+                              out.bow_logits, cfg.model.bow_weight, (tok.eos_id,),
+                              out.position_logits, cfg.model.position_weight)
             run.scaler.scale(terms["loss"] / tc.grad_accum).backward()
         # one device-to-host copy for all logged terms, not one sync per term
         for k, v in zip(stats.sums, torch.stack([terms[k].detach() for k in stats.sums]).tolist()):
@@ -512,6 +514,8 @@ def _loss_sums(run: TrainingRun) -> dict[str, float]:
     sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
     if run.cfg.model.bow_weight > 0 and not run.model.is_lm:
         sums["bow"] = 0.0
+    if run.cfg.model.position_weight > 0 and not run.model.is_lm:
+        sums["position"] = 0.0
     return sums
 
 

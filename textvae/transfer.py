@@ -69,7 +69,7 @@ class Codec(Protocol):
     truncated: int  # sentences cut to the model's length by the last encode_texts(warn=True)
     warn_truncation: bool  # log a warning when encode_texts truncates
 
-    def encode_texts(self, texts: list[str], warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode_texts(self, texts: list[str], warn: bool = True, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, **decode_kwargs: Any) -> list[str]: ...
 
@@ -234,7 +234,7 @@ def _latent_judge(codec: Codec, source: torch.Tensor, target: torch.Tensor) -> C
         keep = [i for i, x in enumerate(texts) if x.strip()]
         ok = torch.zeros(len(texts), dtype=torch.bool)
         if keep:
-            mu, _ = codec.encode_texts([texts[i] for i in keep], warn=False)  # model outputs: no warning
+            mu, _ = codec.encode_texts([texts[i] for i in keep], warn=False, refine=False)  # outputs: no warning
             ok[keep] = ((mu @ u) > middle).cpu()
         return ok
 
@@ -393,7 +393,7 @@ def evaluate_transfer(codec: Codec, attrs: latent.Attributes, clf: style.StyleCl
                **style.score_transfer(out.texts, sources, target, clf, refs), "mean_alpha": float(out.alphas.mean())}
         return row, out.texts
 
-    codec.encode_texts(sources)  # warns once about sentences too long for the model
+    codec.encode_texts(sources, refine=False)  # warns once about sentences too long for the model
     truncated, codec.warn_truncation = codec.truncated, False
     try:
         main_row, outputs = run(opts.method, alpha, "textvae transfer")
