@@ -238,8 +238,8 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     ``beta`` times KL(N(mu, exp(logvar)) || N(0, I)) (the encoder's variances are kept), so the
     refined mean rebuilds the sentence better without leaving the region the prior covers. Each
     sentence keeps the best point it reached, so it is never worse off than with the encoder's
-    mean. Every sentence's mean is its own parameter (Adam is per coordinate): a sentence's result does not
-    depend on the others in its batch, beyond the last bits of floating point.
+    mean. Every sentence's mean is its own parameter (Adam is per coordinate): a sentence's
+    result does not depend on the others in its batch, beyond the last bits of floating point.
 
     Args:
         mu, logvar: (N, L) the encoder's posterior parameters, in the order of ``ids``.
@@ -268,18 +268,19 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
             z = out[idx].clone().requires_grad_(True)
             lv = logvar[idx].detach().float()
             opt = torch.optim.Adam([z], lr=lr)
-            best, best_loss = z.detach().clone(), None
+            best = z.detach().clone()
+            best_loss = torch.full((len(idx),), math.inf, device=device)
             for step in range(steps + 1):  # the last pass only scores the last update
                 with torch.enable_grad():
                     logits, _ = model.decode(b.dec_in, z)
                     loss = reconstruction_nll(logits, b.targets, tok.pad_id) + beta * gaussian_kl(z, lv).sum(1)
-                    better = loss.detach() < best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
-                    best[better] = z.detach()[better]  # each row keeps its best point: never worse than the encoder's
-                    best_loss = loss.detach() if best_loss is None else torch.minimum(best_loss, loss.detach())
-                    if step == steps:
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.sum().backward()  # a sum: each row's gradient is its own sentence's
+                better = loss.detach() < best_loss  # each row keeps its best point: never worse than the encoder's
+                best[better] = z.detach()[better]
+                best_loss = torch.minimum(best_loss, loss.detach())
+                if step == steps:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()  # a sum: each row's gradient is its own sentence's
                 opt.step()
             out[idx] = best
     finally:

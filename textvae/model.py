@@ -587,9 +587,10 @@ class SentenceVAE(nn.Module):
         The order decides which random numbers each layer draws, so it is fixed: first the token
         embedding, then the parts' own embedding tables (``Part.embeddings``: the encoder's, then
         the decoder's position embedding), then every other Linear and Embedding in registration
-        order (encoder, to_posterior, decoder, z_to_bow), the positional head last. It is the order of the model before its
-        parts were classes (tok_emb, enc_pos, dec_pos, encoder blocks, ...), so a seed gives the
-        same weights as it did then (the GRU keeps its own init, drawn when it is built).
+        order (encoder, to_posterior, decoder, z_to_bow), the positional head last. It is the
+        order of the model before its parts were classes (tok_emb, enc_pos, dec_pos, encoder
+        blocks, ...), so a seed gives the same weights as it did then (the GRU keeps its own
+        init, drawn when it is built).
         """
         cfg, L = self.cfg, self.cfg.latent_dim
         loaded = [p.pretrained_module() for _, p in self._parts() if p.pretrained_module() is not None]
