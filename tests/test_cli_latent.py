@@ -180,7 +180,7 @@ def test_empty_input(run_cli, trained_run, stdin):
 @pytest.mark.parametrize("steps", ["1", "0"])
 def test_too_few_interpolation_steps(run_cli, trained_run, steps):
     rc, _, err = run_cli("interpolate", "--checkpoint", trained_run, A, B, "--steps", steps)
-    assert_user_error(rc, err, "interpolate", "--steps must be at least 2")
+    assert_user_error(rc, err, "interpolate", "--steps: must be between 2 and")
 
 
 def test_long_sentence_is_truncated_with_a_warning(run_cli, trained_run, caplog):

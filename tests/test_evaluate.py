@@ -154,7 +154,7 @@ def test_cli_evaluate_table_names_conventions(run_cli, trained_run):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--iw-samples", "0"], "at least 1"),
+    (["--iw-samples", "0"], "--iw-samples: must be between 1 and"),
     (["--data", "missing.txt"], "not found"),
 ])
 def test_cli_evaluate_bad_input(run_cli, trained_run, args, needle):

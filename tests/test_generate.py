@@ -218,9 +218,36 @@ def test_sampling_is_reproducible(trained):
     g1 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20)
     g2 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20, batch_size=2)
     assert len(g2[0]) == 5
-    z = torch.randn(5, model.cfg.latent_dim, generator=torch.Generator().manual_seed(2))
+    # sentence i's code is drawn from its own stream, seeded seed + i
+    z = torch.stack([torch.randn(model.cfg.latent_dim, generator=torch.Generator().manual_seed(2 + i))
+                     for i in range(5)])
     direct = generate.decode(model, z, tok.bos_id, tok.eos_id, "greedy", max_len=20)
     assert g1[0] == [tok.decode(ids) for ids in direct.ids]
+
+
+def test_a_sample_does_not_depend_on_its_batch(trained):
+    """The first of -n 20 is -n 1's sentence, and sentence i of a batch is sentence 0 of seed + i."""
+    model, tok = trained.model, trained.tokenizer
+    one = generate.sample(model, tok, 1, seed=3, strategy="sample", top_p=0.9)[0]
+    many = generate.sample(model, tok, 20, seed=3, strategy="sample", top_p=0.9)[0]
+    small_batches = generate.sample(model, tok, 20, seed=3, strategy="sample", top_p=0.9, batch_size=3)[0]
+    shifted = generate.sample(model, tok, 1, seed=7, strategy="sample", top_p=0.9)[0]
+    assert many[0] == one[0]
+    assert many == small_batches
+    assert many[4] == shifted[0]
+    assert len(set(many)) > 1
+
+
+def test_row_seeds_pick_only_tokens_with_mass():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]])
+    rows = generate.RowSeeds.from_seed(0, 2)
+    for _ in range(200):
+        picked = rows.pick(probs)
+        assert picked[0].item() in (1, 3) and picked[1].item() == 2
+    # each row's stream is its own: row 1 alone draws what it drew beside row 0
+    a = generate.RowSeeds([11]).pick(torch.full((1, 10), 0.1))
+    b = generate.RowSeeds([5, 11]).pick(torch.full((2, 10), 0.1))
+    assert a[0] == b[1]
 
 
 def test_decode_with_same_generator_seed(trained, prior_z):

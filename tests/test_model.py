@@ -533,3 +533,24 @@ def test_sentence_vae_composes_parts_without_asking_their_kind(monkeypatch):
     assert model.reorder_cache(cache + torch.arange(3), torch.tensor([2, 0])).tolist() == [4, 2]
     greedy = generate.decode(model, mu, BOS, EOS, "greedy", max_len=5)
     assert generate.decode(model, mu, BOS, EOS, "beam", beam_size=1, max_len=5).ids == greedy.ids
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "gru"])
+def test_reset_decoder_keeps_the_encoder_and_the_shared_embedding(decoder):
+    from dataclasses import replace
+
+    cfg = small_model_config()
+    cfg = replace(cfg, decoder=replace(cfg.decoder, type=decoder))
+    torch.manual_seed(0)
+    model = SentenceVAE(cfg, pad_id=0)
+    with torch.no_grad():  # move every weight away from its initial value
+        for p in model.parameters():
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reset = model.reset_decoder()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert reset and changed and all(k.startswith("decoder.") for k in changed), sorted(changed)
+    assert not any(k.startswith(("encoder.", "tok_emb", "to_posterior")) for k in changed)
+    assert {id(p) for p in reset} <= {id(p) for p in model.decoder.parameters()}
+    assert model.tok_emb.weight is not None and torch.equal(before["tok_emb.weight"], after["tok_emb.weight"])

@@ -166,4 +166,67 @@ def test_cli_serve_port_in_use_is_one_line(run_cli, trained_run):
     assert rc == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"textvae serve: error: cannot listen on 127.0.0.1:{port}")
     rc, _, err = run_cli("serve", "--checkpoint", trained_run, "--port", 70000)
-    assert rc == 2 and "--port must be in 0..65535" in err
+    assert rc == 2 and "--port: must be between 0 and 65535" in err
+
+
+def test_hostile_bodies_are_400(server):
+    assert_error(request(server, "POST", "/api/sample", "[" * 5000), 400, "malformed JSON")
+    assert_error(request(server, "POST", "/api/sample", '{"n": ' + "9" * 5000 + "}"), 400, "malformed JSON")
+    assert_error(request(server, "POST", "/api/interpolate", '{"a": "\\ud800 abc", "b": "c d"}'), 400,
+                 "'a' is not valid Unicode")
+    assert_error(request(server, "POST", "/api/transfer", '{"text": "a b", "source": "\\udfff", "target": "web"}'),
+                 400, "not valid Unicode")
+
+
+def test_foreign_pages_are_refused(server):
+    host, port = server
+    assert_error(request(server, "POST", "/api/sample", {"n": 1}, {"Content-Type": "text/plain"}), 415,
+                 "application/json")
+    assert_error(request(server, "POST", "/api/sample", {"n": 1}, {"Origin": "http://evil.example"}), 403,
+                 "not allowed")
+    assert_error(request(server, "GET", "/api/info", headers={"Host": f"evil.example:{port}"}), 403, "Host")
+    code, out = request(server, "POST", "/api/sample", {"n": 1}, {"Origin": f"http://{host}:{port}"})
+    assert code == 200 and len(out["sentences"]) == 1
+    code, _ = request(server, "GET", "/api/info", headers={"Host": f"localhost:{port}"})
+    assert code == 200
+
+
+def test_info_and_headers_reveal_no_paths_or_versions(server, trained_run):
+    import platform
+
+    code, info = request(server, "GET", "/api/info")
+    assert code == 200 and str(trained_run) not in json.dumps(info) and info["checkpoint"] == "run/checkpoint"
+    host, port = server
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("GET", "/api/info")
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.getheader("Server") == "textvae" and platform.python_version() not in resp.getheader("Server")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH", "BREW"])
+def test_other_methods_get_json(server, method):
+    code, body = request(server, method, "/api/sample")
+    assert code in (405, 501) and isinstance(body, dict) and set(body) == {"error"}, (code, body)
+
+
+def test_server_bounds_its_connections(trained_run):
+    from textvae.api import TextVAE
+    from textvae.serve import MAX_CONNECTIONS, make_server
+
+    srv = make_server(TextVAE.from_pretrained(trained_run), "127.0.0.1", 0)
+    assert srv.request_queue_size >= 64 and MAX_CONNECTIONS >= 8
+    for _ in range(MAX_CONNECTIONS):
+        assert srv.slots.acquire(blocking=False)  # as if every slot were held by an idle client
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert_error(request(srv.server_address[:2], "GET", "/api/info"), 503, "too many connections")
+        srv.slots.release()
+        code, _ = request(srv.server_address[:2], "GET", "/api/info")
+        assert code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)

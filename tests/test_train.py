@@ -26,6 +26,9 @@ RESUME_CASES = {
     # gradient accumulation: the data position advances two batches a step and crosses the epoch
     "grad-accum": (["train.max_steps=6", "train.save_every=0", "train.log_every=1", "data.batch_size=64",
                     "train.grad_accum=2"], 3),
+    # autoencoder pre-training, then a fresh decoder (Li et al. 2019): stopped exactly at the reset
+    "decoder-reset": (["train.max_steps=12", "train.save_every=0", "train.log_every=1", "train.kl.start_step=6",
+                       "train.kl.reset_decoder_step=6"], 6),
 }
 
 

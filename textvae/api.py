@@ -31,7 +31,7 @@ from textvae.config import Config
 from textvae.data import check_sentences
 from textvae.errors import CheckpointError, InputError
 from textvae.evaluate import SCORE_IW_SAMPLES, posterior_params, prepare_ids, refine_posterior
-from textvae.generate import decode_texts
+from textvae.generate import RowSeeds, decode_texts
 from textvae.model import SentenceVAE
 from textvae.prior import DEFAULT_PRIOR, PRIORS
 from textvae.tokenizer import Tokenizer
@@ -141,14 +141,15 @@ class TextVAE:
             self._words[mode] = ckpt.load_seen_words(self, mode)
         return self._words[mode]
 
-    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, words: Any = ckpt.DEFAULT_WORDS,
+    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int | Sequence[int] = 0, words: Any = ckpt.DEFAULT_WORDS,
                **decode_kwargs: Any) -> list[str]:
         """Decode codes z (N, L) or (L,) into sentences.
 
         Args:
             strategy: 'greedy', 'sample' or 'beam' (see ``textvae.generate.decode``; its
                 temperature, top_k, top_p, beam_size and max_len pass through).
-            seed: random source of 'sample'.
+            seed: random source of 'sample': row i draws from its own stream, seeded seed + i
+                (or seed[i], given one seed per row).
             words: 'seen' (only words of the training data), 'any', 'auto' ('seen' when the
                 training words can be had), or a :class:`textvae.generate.SeenWords`.
         """
@@ -157,10 +158,15 @@ class TextVAE:
             z = z[None]
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise InputError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
-        g = torch.Generator(device=self.device).manual_seed(seed)
         if isinstance(words, str):
             words = self.seen_words(words)
-        return decode_texts(self.model, self.tokenizer, z, self.batch_size, g, strategy=strategy, words=words,
+        if isinstance(seed, int):
+            rows = RowSeeds.from_seed(seed, z.shape[0])  # row i samples from seed + i, whatever shares its batch
+        elif len(seed) == z.shape[0]:
+            rows = RowSeeds(seed)
+        else:
+            raise InputError(f"give one seed, or one per row of z ({z.shape[0]}), not {len(seed)}")
+        return decode_texts(self.model, self.tokenizer, z, self.batch_size, rows, strategy=strategy, words=words,
                             **decode_kwargs)[0]
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,

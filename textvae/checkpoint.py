@@ -10,10 +10,15 @@ A checkpoint folder is self-describing:
     style_classifier.*  optional cached style classifier (safetensors + JSON; textvae/style.py)
     seen_words.json     optional words of the training data, for decoding only seen words
 
-A folder is written under a temporary name and renamed into place, so an interrupted
-save never leaves a half-written checkpoint: the previous one stays until the new one
-is complete. A run folder (``runs/NAME``) holds its checkpoint in ``checkpoint/``;
-both the run folder and the checkpoint folder are accepted wherever a checkpoint is.
+The publish protocol (:func:`save_checkpoint`): the new folder is written under a temporary
+name (``.NAME.tmp-*``), its files and the folder flushed to disk, ``config.json`` last; the
+published folder is renamed aside to ``.NAME.old-*``, the new one renamed in, and the old one
+removed. At every instant a complete checkpoint exists under ``NAME`` or, between the two
+renames, under ``.NAME.old-*``: :func:`resolve` finds that one when ``NAME`` is missing, and
+:func:`repair` (run by training before it starts or resumes) puts it back and removes the
+temporary folders that a killed save left. A run folder (``runs/NAME``) holds its checkpoint in
+``checkpoint/``; both the run folder and the checkpoint folder are accepted wherever a
+checkpoint is.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from textvae import __version__
 from textvae.config import Config, from_dict
 from textvae.errors import CheckpointError, TextVAEError
-from textvae.files import atomic_write
+from textvae.files import atomic_write, fault_point
 from textvae.latent import Attributes
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
@@ -63,15 +68,62 @@ class Loaded:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder, given it or the run folder that holds it."""
+    """A checkpoint folder, given it or the run folder that holds it (a save interrupted between
+    its two renames leaves the previous checkpoint as ``.NAME.old-*``: that one is returned)."""
     path = Path(path)
     if not path.exists():
+        aside = set_aside(path)
+        if aside is not None:
+            return aside
         raise CheckpointError(f"checkpoint folder not found: {path}")
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a folder; give a checkpoint or run folder")
-    if (path / CONFIG).exists() or not (path / CHECKPOINT_DIR).is_dir():
+    if (path / CONFIG).exists():
         return path
-    return path / CHECKPOINT_DIR
+    inner = path / CHECKPOINT_DIR
+    if inner.is_dir():
+        return inner
+    return set_aside(inner) or path
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{path.name}.{kind}-*"))
+
+
+def set_aside(path: str | Path) -> Optional[Path]:
+    """The complete checkpoint a save set aside as ``.NAME.old-*`` when ``NAME`` is missing
+    (a kill between the publish protocol's two renames), the latest step first; else None."""
+    path = Path(path)
+    best, best_step = None, -1
+    for old in _siblings(path, "old"):
+        try:
+            step = int(json.loads((old / CONFIG).read_text(encoding="utf-8")).get("step") or 0)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if (old / WEIGHTS).is_file() and (old / TOKENIZER).is_file() and step > best_step:
+            best, best_step = old, step
+    return best
+
+
+def repair(path: str | Path) -> list[Path]:
+    """Undo what a killed save left (call with the run's lock held): put a set-aside checkpoint
+    back when ``path`` is missing, and remove the temporary and set-aside folders beside it.
+    Returns the folders removed."""
+    path = Path(path)
+    if not path.exists():
+        aside = set_aside(path)
+        if aside is not None:
+            os.replace(aside, path)
+            log.warning("restored the checkpoint %s from %s (a save was interrupted)", path, aside.name)
+    removed = []
+    for leftover in _siblings(path, "tmp") + (_siblings(path, "old") if path.exists() else []):
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    if removed:
+        log.info("removed %d temporary folder(s) left by an interrupted save beside %s", len(removed), path)
+    return removed
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -141,10 +193,18 @@ def has_legacy_names(path: str | Path) -> bool:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
                     meta: Optional[dict[str, Any]] = None, trainer_state: Optional[dict[str, Any]] = None,
                     extra_files: Optional[dict[str, bytes]] = None) -> Path:
-    """Write a checkpoint folder atomically (temporary folder, then rename)."""
+    """Write a checkpoint folder by the publish protocol of this module's docstring.
+
+    Raises:
+        CheckpointError: the folder cannot be written (a full disk, a read-only file system);
+            the previous checkpoint, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot save the checkpoint {path}: {e.strerror or e}") from None
     old = None
     try:
         info = {
@@ -167,30 +227,60 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer: Tokeniz
         enc_tok = getattr(tokenizer, "encoder_tokenizer", None)
         if enc_tok is not None:
             info["encoder_tokenizer"] = enc_tok.info
-        (tmp / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        fault_point(f"write {WEIGHTS}")
         save_file(_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        fault_point(f"write {TOKENIZER}")
         tokenizer.save(tmp / TOKENIZER)
         if enc_tok is not None:
             (tmp / ENCODER_TOKENIZER).write_text(enc_tok.to_json(), encoding="utf-8")
         if trainer_state is not None:
+            fault_point(f"write {TRAINER_STATE}")
             torch.save(trainer_state, tmp / TRAINER_STATE)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        fault_point(f"write {CONFIG}")
+        (tmp / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")  # last: the folder is complete
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _fsync_dir(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            fault_point("rename checkpoint aside")
             os.replace(path, old)
+        fault_point("rename checkpoint in")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         if old is not None:
+            fault_point("remove old checkpoint")
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         if old is not None and not path.exists():
             os.replace(old, path)  # put the previous checkpoint back
         shutil.rmtree(tmp, ignore_errors=True)
+        # A full disk or a read-only file system: torch reports it as RuntimeError, safetensors as its own error
+        if isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+            kept = "; the previous checkpoint is kept" if path.exists() else ""
+            raise CheckpointError(f"cannot save the checkpoint {path}: {reason}{kept}") from None
         raise
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (its renames) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

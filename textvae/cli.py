@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -35,8 +36,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Sample sentences from the prior of a trained model; prints one sentence per line."""
     from textvae.generate import check_options
 
-    if args.n < 1:
-        raise TextVAEError("-n must be at least 1")
     options = dict(strategy=args.strategy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    beam_size=args.beam_size, max_len=args.max_len, no_repeat_ngram=args.no_repeat_ngram)
     check_options(**options)
@@ -114,8 +113,6 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from textvae.data import check_sentences
 
     a, b = check_sentences(args.sentences)
-    if args.steps < 2:  # before the model loads
-        raise TextVAEError(f"--steps must be at least 2 (the two endpoints), got {args.steps}")
     vae = _load_vae(args)
     outputs = vae.interpolate(a, b, steps=args.steps, method=args.method, **_decoding(args))
     _write_records(args, [{"step": i, "t": i / (args.steps - 1), "output": o} for i, o in enumerate(outputs)])
@@ -232,9 +229,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a local web demo: sample, interpolate with a slider, transfer with an alpha slider (plus JSON endpoints)."""
     from textvae.serve import serve
 
-    if not 0 <= args.port <= 65535:
-        raise TextVAEError(f"--port must be in 0..65535, got {args.port}")
-
     def ready(url: str) -> None:
         print(f"serving the textvae demo on {url} (Ctrl-C stops)", flush=True)
 
@@ -328,6 +322,58 @@ def _names(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
+# Bounds of every count and size given on the command line (each option's message names its bound).
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES = 100_000      # sentences sampled, importance samples
+MAX_TOKENS = 100_000       # lengths, word limits, top-k
+MAX_BATCH = 65_536
+MAX_BEAM = 64
+MAX_PATH = 1_000           # interpolation points
+MAX_CANDIDATES = 100       # transfer strengths tried
+MAX_ALPHA = 1_000.0
+MAX_COUNT = 10**9          # steps, sentence limits
+MAX_THREADS = 1_024
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {text if len(text) < 30 else text[:27] + '...'}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    """argparse type: a finite number in [lo, hi]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number between {lo:g} and {hi:g}, got {text[:30]}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``textvae CMD: error: ...``) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message.splitlines()[0] if message else 'bad arguments'} (see --help)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -337,7 +383,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set train.max_steps=500 (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after", type=_int(1, MAX_COUNT), default=None, metavar="N",
                    help="stop after N steps in this call (resume later with --resume)")
 
 
@@ -345,17 +391,17 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     from textvae.generate import DEFAULT_BEAM_SIZE, DEFAULT_TOP_P, STRATEGIES
 
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
-    p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
+    p.add_argument("-n", type=_int(1, MAX_SAMPLES), default=10, help="number of sentences (default 10)")
     p.add_argument("--strategy", choices=STRATEGIES, default="sample", help="decoding strategy (default: sample)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P,
+    p.add_argument("--temperature", type=_float(0.0, 100.0), default=1.0)
+    p.add_argument("--top-k", type=_int(0, MAX_TOKENS), default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=_float(0.0, 1.0), default=DEFAULT_TOP_P,
                    help=f"nucleus sampling mass (default {DEFAULT_TOP_P:g}; 1 disables)")
-    p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM_SIZE)
-    p.add_argument("--max-len", type=int, default=None, help="most tokens per sentence")
-    p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+    p.add_argument("--beam-size", type=_int(1, MAX_BEAM), default=DEFAULT_BEAM_SIZE)
+    p.add_argument("--max-len", type=_int(1, MAX_TOKENS), default=None, help="most tokens per sentence")
+    p.add_argument("--no-repeat-ngram", type=_int(0, MAX_TOKENS), default=0, metavar="N",
                    help="forbid repeating any token N-gram in a sentence (greedy/sample; default 0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _add_words(p)
     _add_prior(p)
@@ -374,7 +420,7 @@ def _add_words(p: argparse.ArgumentParser) -> None:
 def _add_refine(p: argparse.ArgumentParser) -> None:
     from textvae.evaluate import MAX_REFINE_STEPS
 
-    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
+    p.add_argument("--refine-steps", type=_int(0, MAX_REFINE_STEPS), default=0, metavar="N",
                    help="semi-amortised encoding (Kim et al. 2018): N gradient steps on each posterior mean against "
                         f"the decoder's likelihood of its sentence before decoding (0 to {MAX_REFINE_STEPS}; default 0: "
                         "the encoder's mean)")
@@ -391,7 +437,7 @@ def _add_prior(p: argparse.ArgumentParser) -> None:
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int(0, MAX_SEED), default=0)
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -403,17 +449,17 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=EVAL_SPLITS,
                    help="which of the config's data files to use, or the hub split (default: test)")
     p.add_argument("--text-column", help="text column (default: the checkpoint's)")
-    p.add_argument("--max-words", type=int, default=None,
+    p.add_argument("--max-words", type=_int(0, MAX_TOKENS), default=None,
                    help="drop longer sentences (default: the checkpoint's data.max_words; 0: no limit)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N sentences (0: all)")
-    p.add_argument("--iw-samples", type=int, default=DEFAULT_IW_SAMPLES,
+    p.add_argument("--limit", type=_int(0, MAX_COUNT), default=0, help="evaluate only the first N sentences (0: all)")
+    p.add_argument("--iw-samples", type=_int(1, MAX_SAMPLES), default=DEFAULT_IW_SAMPLES,
                    help=f"importance samples K for IW-NLL (default {DEFAULT_IW_SAMPLES}, as He et al. 2019)")
-    p.add_argument("--batch-size", type=int, default=IW_BATCH_SIZE, help=f"sentences per IW batch (default {IW_BATCH_SIZE})")
-    p.add_argument("--mi-batch-size", type=int, default=MI_BATCH_SIZE,
+    p.add_argument("--batch-size", type=_int(1, MAX_BATCH), default=IW_BATCH_SIZE, help=f"sentences per IW batch (default {IW_BATCH_SIZE})")
+    p.add_argument("--mi-batch-size", type=_int(1, MAX_BATCH), default=MI_BATCH_SIZE,
                    help=f"batch size of the MI estimator (default {MI_BATCH_SIZE})")
-    p.add_argument("--au-threshold", type=float, default=AU_THRESHOLD,
+    p.add_argument("--au-threshold", type=_float(0.0, 1e6), default=AU_THRESHOLD,
                    help=f"active-unit threshold on Cov(E_q[z]) (default {AU_THRESHOLD:g})")
-    p.add_argument("--samples", type=int, default=SAMPLE_COUNT,
+    p.add_argument("--samples", type=_int(0, MAX_SAMPLES), default=SAMPLE_COUNT,
                    help=f"prior samples for sample-quality figures (default {SAMPLE_COUNT}; 0: none)")
     p.add_argument("--lm-checkpoint", metavar="DIR",
                    help="a language model of the same data (model.latent_dim=0): adds its NLL, IW-NLL minus it and "
@@ -430,7 +476,7 @@ def _add_score(p: argparse.ArgumentParser) -> None:
     _add_input_file(p)
     p.add_argument("--method", choices=SCORE_METHODS, default="iw",
                    help="iw: importance-weighted NLL bound; elbo: negative ELBO (default iw)")
-    p.add_argument("--iw-samples", type=int, default=SCORE_IW_SAMPLES,
+    p.add_argument("--iw-samples", type=_int(1, MAX_SAMPLES), default=SCORE_IW_SAMPLES,
                    help=f"importance samples K (default {SCORE_IW_SAMPLES})")
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
 
@@ -454,11 +500,11 @@ def _add_latent_common(p: argparse.ArgumentParser, json_help: str = "one JSON ob
     _add_checkpoint(p)
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy",
                    help="decoding strategy (default: greedy; --seed drives 'sample')")
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P,
+    p.add_argument("--top-p", type=_float(0.0, 1.0), default=DEFAULT_TOP_P,
                    help=f"nucleus mass for --strategy sample (default {DEFAULT_TOP_P:g})")
-    p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM_SIZE,
+    p.add_argument("--beam-size", type=_int(1, MAX_BEAM), default=DEFAULT_BEAM_SIZE,
                    help=f"beams for --strategy beam (default {DEFAULT_BEAM_SIZE})")
-    p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+    p.add_argument("--no-repeat-ngram", type=_int(0, MAX_TOKENS), default=0, metavar="N",
                    help="forbid repeating any token N-gram in an output (greedy/sample; default 0: off)")
     _add_words(p)
     _add_refine(p)
@@ -481,7 +527,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     from textvae.latent import INTERPOLATIONS
 
     p.add_argument("sentences", nargs=2, metavar="SENTENCE", help="the two endpoints A and B")
-    p.add_argument("--steps", type=int, default=5, help="points on the path, endpoints included (default 5)")
+    p.add_argument("--steps", type=_int(2, MAX_PATH), default=5, help="points on the path, endpoints included (default 5)")
     p.add_argument("--method", choices=INTERPOLATIONS, default="lerp",
                    help="lerp: straight line; slerp: great circle with the norm moving linearly (default lerp)")
     _add_latent_common(p, "one JSON object per line: step, t, output")
@@ -499,13 +545,13 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "path, keep the weakest that lands in the target style; closest: decode several "
                         "candidates at strengths up to alpha on the mean-diff path, keep the one in the target "
                         f"style that is closest to the source (default: {t.DEFAULT_METHOD})")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=_float(-MAX_ALPHA, MAX_ALPHA), default=None,
                    help=f"strength; 0 gives the reconstruction (default per method: {alphas}; for search and "
                         "closest it is the largest tried)")
-    p.add_argument("--candidates", type=int, default=t.SEARCH_CANDIDATES,
+    p.add_argument("--candidates", type=_int(1, MAX_CANDIDATES), default=t.SEARCH_CANDIDATES,
                    help=f"search, closest: strengths tried per sentence (default {t.SEARCH_CANDIDATES}: "
                         "evenly spaced up to alpha)")
-    p.add_argument("--samples", type=int, default=t.CLOSEST_SAMPLES,
+    p.add_argument("--samples", type=_int(0, MAX_CANDIDATES * 10), default=t.CLOSEST_SAMPLES,
                    help=f"closest: sampled decodes per strength besides the --strategy one (default {t.CLOSEST_SAMPLES})")
     p.add_argument("--judge", choices=t.JUDGES, default=t.DEFAULT_JUDGE,
                    help="search, closest: how an output is accepted as the target style. char: a character n-gram "
@@ -550,12 +596,12 @@ def _add_evaluate_transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="hub split (local files are one split)")
     p.add_argument("--label-column", help="label column (default: the checkpoint's)")
     p.add_argument("--text-column", help="text column (default: the checkpoint's)")
-    p.add_argument("--max-words", type=int, default=None,
+    p.add_argument("--max-words", type=_int(0, MAX_TOKENS), default=None,
                    help="drop longer inputs (default: the checkpoint's data.max_words; 0: no limit)")
     p.add_argument("--refs", help="file with reference transfers (e.g. data/bible/test_parallel.jsonl.gz)")
     p.add_argument("--refs-column", help="column of --refs holding the references (e.g. web)")
     p.add_argument("--id-column", help="join inputs and references on this column (default: same order)")
-    p.add_argument("--limit", type=int, default=0, help="first N inputs only (0: all)")
+    p.add_argument("--limit", type=_int(0, MAX_COUNT), default=0, help="first N inputs only (0: all)")
     p.add_argument("--sweep", type=_floats, default="0,0.5,1,1.5,2,3",
                    help="strengths to report as well (comma-separated; '' none)")
     p.add_argument("--sweep-methods", type=_names, default="mean-diff,project,search",
@@ -570,9 +616,9 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl")
     p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
-    p.add_argument("--collapse-kl", type=float, default=COLLAPSE_KL,
+    p.add_argument("--collapse-kl", type=_float(0.0, 1e6), default=COLLAPSE_KL,
                    help=f"train KL (nats/sentence) under which the posterior counts as collapsed (default {COLLAPSE_KL})")
-    p.add_argument("--collapse-steps", type=int, default=COLLAPSE_STEPS,
+    p.add_argument("--collapse-steps", type=_int(1, MAX_COUNT), default=COLLAPSE_STEPS,
                    help=f"...for at least this many steps (default {COLLAPSE_STEPS})")
 
 
@@ -587,7 +633,7 @@ def _add_map(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", choices=("pca", "axis"), default="pca",
                    help="pca: the two directions of largest variance; axis: x along the attribute direction "
                         "(first label -> second), y the largest remaining variance (default pca)")
-    p.add_argument("--limit", type=int, default=MAP_LIMIT,
+    p.add_argument("--limit", type=_int(0, MAX_COUNT), default=MAP_LIMIT,
                    help=f"encode a random subset of at most N sentences (default {MAP_LIMIT}; 0: all)")
     p.add_argument("--output", help="PNG file (default: RUN_DIR/plots/map.png)")
 
@@ -597,18 +643,18 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="model to show (default: RUN_DIR's checkpoint)")
     p.add_argument("--output", help="HTML file (default: RUN_DIR/report.html)")
     p.add_argument("--evaluation", help="JSON from `textvae evaluate --json` (default: RUN_DIR/evaluation.json if present)")
-    p.add_argument("--samples", type=int, default=8, help="prior samples to show (default 8)")
+    p.add_argument("--samples", type=_int(0, MAX_CANDIDATES * 10), default=8, help="prior samples to show (default 8)")
     p.add_argument("--interpolate", nargs=2, metavar="SENTENCE", help="endpoints of the interpolation "
                                                                       "(default: two validation sentences)")
-    p.add_argument("--transfers", type=int, default=3, help="example transfers per direction (default 3)")
-    p.add_argument("--map-limit", type=int, default=1000, help="validation sentences in the latent map (0: no map)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--transfers", type=_int(0, MAX_CANDIDATES * 10), default=3, help="example transfers per direction (default 3)")
+    p.add_argument("--map-limit", type=_int(0, MAX_COUNT), default=1000, help="validation sentences in the latent map (0: no map)")
+    p.add_argument("--seed", type=_int(0, MAX_SEED), default=0)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--port", type=_int(0, 65535), default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the demo to the network)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
@@ -636,10 +682,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 def build_parser() -> argparse.ArgumentParser:
     from textvae import __version__
 
-    parser = argparse.ArgumentParser(prog="textvae", description="Sentence-level variational autoencoders.")
+    parser = _Parser(prog="textvae", description="Sentence-level variational autoencoders.")
     parser.add_argument("--version", action="version", version=f"textvae {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=_int(0, MAX_THREADS), default=None, metavar="N",
                         help="CPU threads for torch (default: one per core). Idle threads spin briefly "
                              f"(GOMP_SPINCOUNT={runtime.SPIN_COUNT}) and then sleep, so that a machine other "
                              "processes keep busy does not stall training; the count changes the numbers, the "
@@ -658,18 +704,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if sys.stdout is None:  # started with stdout closed (`>&-`): a write must fail, not vanish
+        sys.stdout = runtime.ClosedStream()
     try:
-        if args.threads is not None and args.threads < 0:
-            raise TextVAEError("--threads must be >= 0")
+        from textvae.files import check_not_input
+
+        check_not_input(getattr(args, "output", None), [getattr(args, "input", None)])
         runtime.configure_threads(args.threads)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a full or closed stdout fails here, while it can still be reported
+        return status
     except TextVAEError as e:
         return _report_error(args.command, e)
     except KeyboardInterrupt:
         print(f"textvae {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `textvae sample | head`: the reader has what it wanted
+        runtime.silence_stdout()
         return 0
+    except OSError as e:  # a full disk, a read-only file system, a closed or full stream
+        runtime.silence_stdout()
+        return _report_error(args.command, TextVAEError(_os_message(e)))
+
+
+def _os_message(e: OSError) -> str:
+    reason = e.strerror or str(e) or type(e).__name__
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{reason}: {where}" if where else reason
 
 
 def _report_error(command: str, e: TextVAEError) -> int:

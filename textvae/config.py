@@ -232,11 +232,17 @@ class KLConfig:
     """cyclical: fraction of each cycle spent increasing beta; the rest stays at beta_max."""
     free_bits: float = 0.0
     """KL thresholding per latent dimension in nats (Kingma et al. 2016; Li et al. 2019); 0 disables."""
+    reset_decoder_step: int = 0
+    """At this step re-initialise the decoder (not the shared token embedding) and its optimiser
+    state, keeping the encoder: with ``start_step`` at the same step, autoencoder pre-training
+    before the KL term (Li et al. 2019). 0 disables."""
 
     def __post_init__(self) -> None:
         _choice("train.kl.schedule", self.schedule, ("constant", "linear", "sigmoid", "cyclical"))
         if self.beta_max < 0 or self.free_bits < 0:
             raise ConfigError("train.kl.beta_max and train.kl.free_bits must be >= 0")
+        if self.reset_decoder_step < 0:
+            raise ConfigError("train.kl.reset_decoder_step must be >= 0 (0: off)")
         if self.warmup_steps < 0 or self.start_step < 0 or self.cycles < 1:
             raise ConfigError("train.kl.warmup_steps and start_step must be >= 0, cycles >= 1")
         if not 0.0 < self.ratio <= 1.0:
@@ -375,6 +381,25 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+INT_LIMITS: dict[str, int] = {
+    "model.vocab_size": 1_000_000, "model.d_model": 16_384, "model.n_heads": 1_024, "model.enc_layers": 256,
+    "model.dec_layers": 256, "model.d_ff": 262_144, "model.latent_dim": 16_384, "model.z_slots": 1_024,
+    "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
+    "data.bucket_size": 1_000_000, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
+}
+"""Largest value of the integer keys that size memory (a config.json or --set cannot ask for a
+terabyte); every other integer key is bounded by :data:`MAX_INT`."""
+MAX_INT = 10**12
+
+
+def _check_int(name: str, value: int) -> int:
+    hi = INT_LIMITS.get(name, MAX_INT)
+    if value > hi or value < -MAX_INT:
+        raise ConfigError(f"{name} must be at most {hi:,}, got {value:,}" if value > hi else
+                          f"{name} is out of range, got {value:,}")
+    return value
+
+
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Coerce ``value`` (from YAML or a command-line string) to the field type ``tp``."""
     base, optional = _unwrap_optional(tp)
@@ -394,14 +419,14 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         if isinstance(value, int):
-            return value
+            return _check_int(name, value)
         try:
             as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be an integer, got {str(value)[:40]!r}") from None
         if not as_float.is_integer():
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return int(as_float)
+            raise ConfigError(f"{name} must be an integer, got {str(value)[:40]!r}")
+        return _check_int(name, int(as_float))
     if base is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be a number, got {value!r}")

@@ -184,14 +184,15 @@ class SeenWords:
 @torch.no_grad()
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
-           max_len: Optional[int] = None, generator: Optional[torch.Generator] = None,
+           max_len: Optional[int] = None, generator: Optional["torch.Generator | RowSeeds"] = None,
            use_cache: bool = True, no_repeat_ngram: int = 0, words: Optional[SeenWords] = None) -> Decoded:
     """Decode latent codes z (B, L) into token ids, all rows of the batch at once.
 
     Args:
         strategy: 'greedy', 'sample' (temperature, top_k, top_p apply) or 'beam'.
         max_len: most tokens to generate, eos included (default: the model's limit less bos).
-        generator: random source for 'sample'.
+        generator: random source for 'sample': a ``torch.Generator`` shared by the batch, or
+            :class:`RowSeeds`, one stream per row (a row's tokens then do not depend on the others).
         use_cache: keep each layer's keys and values, so a step runs the decoder on the new
             token only. False recomputes the whole prefix every step (the same tokens, slower:
             the reference that ``scripts/benchmark_speed.py`` measures the cache against);
@@ -227,7 +228,11 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             nxt = logits.argmax(-1)
         else:
             logits = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+            probs = logits.softmax(-1)
+            if isinstance(generator, RowSeeds):
+                nxt = generator.pick(probs)
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         nxt = nxt.masked_fill(done, eos_id)
         out = torch.cat([out, nxt[:, None]], dim=1)
         done |= nxt == eos_id
@@ -327,17 +332,55 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
 @torch.no_grad()
 def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batch_size: int = 256,
                  generator: Optional[torch.Generator] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
-    """Decode codes z (N, L) into sentences, ``batch_size`` rows at a time, one random stream
-    (``generator``) across the batches. Returns (texts, finished flags)."""
+    """Decode codes z (N, L) into sentences, ``batch_size`` rows at a time, with one random stream
+    (``generator``) across the batches or one per row (:class:`RowSeeds`). Returns (texts,
+    finished flags)."""
     device = next(model.parameters()).device
     texts: list[str] = []
     finished: list[bool] = []
     for start in range(0, z.shape[0], batch_size):
-        out = decode(model, z[start : start + batch_size].to(device), tokenizer.bos_id, tokenizer.eos_id,
-                     generator=generator, **decode_kwargs)
+        stop = start + batch_size
+        out = decode(model, z[start:stop].to(device), tokenizer.bos_id, tokenizer.eos_id,
+                     generator=generator[start:stop] if isinstance(generator, RowSeeds) else generator,
+                     **decode_kwargs)
         texts += [tokenizer.decode(ids) for ids in out.ids]
         finished += out.finished
     return texts, finished
+
+
+class RowSeeds:
+    """One random stream per sentence, seeded ``seed + index``: a sentence's code and its sampled
+    tokens come from its own stream, so it is the same alone and in a batch of any size (the
+    first of ``sample -n 20 --seed 3`` is ``sample -n 1 --seed 3``'s sentence)."""
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+    @classmethod
+    def from_seed(cls, seed: int, n: int) -> "RowSeeds":
+        return cls(range(seed, seed + n))
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __getitem__(self, rows: slice) -> "RowSeeds":
+        part = RowSeeds([])
+        part.generators = self.generators[rows]
+        return part
+
+    def normal(self, dim: int) -> torch.Tensor:
+        """A (rows, dim) standard-normal draw, row i from stream i."""
+        if not self.generators:
+            return torch.empty(0, dim)
+        return torch.stack([torch.randn(dim, generator=g) for g in self.generators])
+
+    def pick(self, probs: torch.Tensor) -> torch.Tensor:
+        """One token per row from its distribution ``probs`` (rows, V), by inverting the row's
+        CDF at a uniform draw from its own stream."""
+        u = torch.stack([1.0 - torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = probs.double().cumsum(-1)
+        target = (u.to(probs.device) * cdf[:, -1]).unsqueeze(1)  # in (0, total]: never a zero-mass token
+        return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
 
 @torch.no_grad()
@@ -345,18 +388,14 @@ def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batc
            prior: Optional[Any] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
     """Draw n codes from the prior and decode them. Returns (texts, finished flags).
 
+    Sentence i comes from its own random stream, seeded ``seed + i`` (:class:`RowSeeds`): its
+    code and its sampled tokens do not depend on n or on the batch size.
     ``prior``: None for N(0, I), or a fitted prior with ``sample(n, generator)`` (textvae/prior.py).
     """
     device = next(model.parameters()).device
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
-    texts: list[str] = []
-    finished: list[bool] = []
-    for start in range(0, n, batch_size):  # codes are drawn batch by batch, between the decodes
-        m = min(batch_size, n - start)
-        z = (prior.sample(m, generator=g) if prior is not None else torch.randn(m, model.cfg.latent_dim, generator=g))
-        z = z.to(device)
-        t, f = decode_texts(model, tokenizer, z, batch_size, gd, **decode_kwargs)
-        texts += t
-        finished += f
-    return texts, finished
+    rows = RowSeeds.from_seed(seed, n)
+    if prior is not None:
+        z = torch.cat([prior.sample(1, generator=g) for g in rows.generators]) if n else torch.empty(0)
+    else:
+        z = rows.normal(model.cfg.latent_dim)
+    return decode_texts(model, tokenizer, z.float().to(device), batch_size, rows, **decode_kwargs)

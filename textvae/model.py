@@ -615,6 +615,31 @@ class SentenceVAE(nn.Module):
         for m in last:
             self._init_weights(m)
 
+    def reset_decoder(self) -> list[nn.Parameter]:
+        """Re-initialise the decoder's own layers and the z-to-decoder projections as at build
+        time (the shared token embedding and the encoder stay): the decoder of autoencoder
+        pre-training (Li et al. 2019) is thrown away, the encoder it taught is kept. Pretrained
+        decoder weights are not reset. Returns the parameters reset (their optimiser state is stale)."""
+        if self.decoder.pretrained_module() is not None:
+            return []
+        shared = {id(self.tok_emb)} if hasattr(self, "tok_emb") else set()
+        reset: list[nn.Parameter] = []
+        for m in self.decoder.modules():
+            if id(m) in shared:
+                continue
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                self._init_weights(m)
+            elif isinstance(m, (nn.GRU, nn.LayerNorm)):
+                m.reset_parameters()
+            else:
+                continue
+            reset += list(m.parameters(recurse=False))
+        depth = max(self.cfg.enc_layers, self.cfg.dec_layers)
+        for name, prm in self.decoder.named_parameters():
+            if name.endswith("proj.weight"):  # the depth-scaled residual projections, as in _init_parameters
+                nn.init.normal_(prm, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+        return reset
+
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):

@@ -17,6 +17,8 @@ already set in the environment are left alone.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import sys
 from typing import Optional
@@ -39,3 +41,28 @@ def configure_threads(threads: Optional[int] = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- standard streams
+
+
+class ClosedStream(io.TextIOBase):
+    """Stands in for a closed stdout: every write raises, so the command fails with one line."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed; redirect it to a file or use --output")
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's final flush of what could not
+    be written does not print a second error."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        sys.stdout = ClosedStream()
+        return

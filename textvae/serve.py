@@ -16,9 +16,19 @@ endpoint:
 The transfer's method defaults to :data:`SLIDER_METHOD` and its alpha to that method's
 ``textvae.transfer.DEFAULT_ALPHA``; ``/api/info`` reports both.
 
-Bad input (malformed JSON, a missing or empty sentence, one over :data:`MAX_CHARS` characters,
-an unknown label, numbers out of range) gets status 400 and ``{"error": "one line"}``; the
-server keeps serving. Model calls are serialised by a lock (one CPU-bound request at a time).
+Bad input (malformed or too deeply nested JSON, a missing or empty sentence, one over
+:data:`MAX_CHARS` characters, text that is not Unicode, an unknown label, numbers out of range)
+gets status 400 and ``{"error": "one line"}``; every other error (an unknown method, a wrong
+content type, a foreign Origin or Host) is JSON too, and the server keeps serving. Model calls are
+serialised by a lock (one CPU-bound request at a time).
+
+It is a local tool, not an internet service. What it guards against: other web sites (POSTs
+must be ``application/json``, an Origin must be this server's, the Host header must name the
+address it is bound to, which stops DNS rebinding), slow or idle clients (a socket timeout of
+:data:`IDLE_TIMEOUT` s and at most :data:`MAX_CONNECTIONS` connections at once; more get 503),
+and reading files (it serves one page; ``/api/info`` names the checkpoint folder, not its path).
+What it does not: authentication, TLS, rate limits per client. Bind it to 127.0.0.1 (the
+default); ``--host 0.0.0.0`` prints a warning.
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ MAX_BODY = 16_384
 MAX_SAMPLES = 20
 MAX_STEPS = 21
 MAX_ALPHA = 50.0
+IDLE_TIMEOUT = 15.0
+"""Seconds a connection may sit idle (or trickle a request) before it is closed."""
+MAX_CONNECTIONS = 64
+"""Connections served at once; one more is answered 503 at once and closed."""
+BACKLOG = 128
+"""Pending connections the listening socket queues."""
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SLIDER_METHOD = "mean-diff"
 """The demo's transfer: one decode per slider move, and the output follows alpha smoothly
 (textvae's default, ``textvae.transfer.DEFAULT_METHOD``, decodes ``transfer.SEARCH_CANDIDATES x
@@ -71,7 +88,10 @@ class Demo:
     def info(self) -> dict[str, Any]:
         from textvae.transfer import DEFAULT_ALPHA
 
-        return {"checkpoint": str(self.vae.path), "latent_dim": self.vae.latent_dim, "labels": self.labels,
+        name = self.vae.path.name if self.vae.path is not None else None
+        if name == "checkpoint" and self.vae.path.parent.name:  # a run's checkpoint: name the run
+            name = f"{self.vae.path.parent.name}/{name}"
+        return {"checkpoint": name, "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
                 "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": SLIDER_METHOD,
                 "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD]}
@@ -124,6 +144,7 @@ def _sentence(body: dict[str, Any], key: str) -> str:
     value = _field(body, key, None)
     if not isinstance(value, str):  # check_sentences would take a list as several sentences
         raise DemoError(f"'{key}' must be a string")
+    _unicode(value, key)
     try:
         (text,) = check_sentences(value)
     except InputError:  # the one thing wrong with a string is that it is empty
@@ -131,6 +152,13 @@ def _sentence(body: dict[str, Any], key: str) -> str:
     if len(text) > MAX_CHARS:
         raise DemoError(f"'{key}' is too long ({len(text)} characters; at most {MAX_CHARS})")
     return text
+
+
+def _unicode(value: str, key: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows "\ud800", Unicode text does not
+        raise DemoError(f"'{key}' is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
@@ -153,6 +181,8 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
 
 def _choice(body: dict[str, Any], key: str, default: Optional[str], allowed: Any, what: str = "value") -> str:
     value = _field(body, key, default)
+    if isinstance(value, str):
+        _unicode(value, key)
     if not isinstance(value, str) or value not in allowed:
         shown = value if isinstance(value, str) else json.dumps(value)
         raise DemoError(f"unknown {what} {shown[:40]!r} for '{key}'; use one of {', '.join(allowed)}")
@@ -168,10 +198,43 @@ class Handler(BaseHTTPRequestHandler):
     demo: Demo
     routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
     server_version = "textvae"
+    sys_version = ""  # the Server header names textvae, not the Python version
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT  # on the socket: an idle or trickling client is dropped
 
     def log_message(self, fmt: str, *args: Any) -> None:  # through logging, not raw stderr
         log.debug("%s %s", self.address_string(), fmt % args)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (a malformed request line, an unsupported method, a header
+        too long), answered as JSON like every other error."""
+        try:
+            short = message or HTTPStatus(code).phrase
+        except ValueError:
+            short = message or "error"
+        self.close_connection = True
+        self._error(code, short.splitlines()[0][:200])
+
+    def _foreign(self) -> Optional[str]:
+        """Why a request comes from somewhere it should not (None when it is fine): a Host other
+        than the bound address (DNS rebinding), an Origin other than this server."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        allowed = self.server.allowed_hosts  # type: ignore[attr-defined]
+        if allowed is not None and host not in allowed:
+            return f"unexpected Host header {host[:60]!r}: open the demo at its own address"
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in {f"http://{h}" for h in ([host] if host else [])}:
+            return f"requests from {origin[:60]!r} are not allowed"
+        return None
+
+    def _refuse_method(self) -> None:
+        self.close_connection = True
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} is not allowed; use GET or POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -195,6 +258,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
+        why = self._foreign()
+        if why:
+            return self._error(HTTPStatus.FORBIDDEN, why)
         if path in ("/", "/index.html"):
             self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
         elif path == "/api/info":
@@ -211,6 +277,13 @@ class Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:
             return None
+        why = self._foreign()
+        if why:
+            return self._error(HTTPStatus.FORBIDDEN, why)
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":  # a form or text/plain POST from another page is refused
+            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                               f"the body must be application/json, got {ctype[:60] or 'no Content-Type'!r}")
         action = self.routes.get(path)
         if action is None:
             return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:100]}")
@@ -218,6 +291,10 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {str(e)[:120]}")
+        except RecursionError:
+            return self._error(HTTPStatus.BAD_REQUEST, "malformed JSON body: nested too deeply")
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {str(e).splitlines()[0][:120]}")
         if not isinstance(body, dict):
             return self._error(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
         self._dispatch(path, action, body)
@@ -262,13 +339,60 @@ def make_handler(demo: Demo) -> type[BaseHTTPRequestHandler]:
     return type("Handler", (Handler,), {"demo": demo, "routes": routes})
 
 
-def make_server(vae, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+class DemoServer(ThreadingHTTPServer):
+    """A threading server with a real listen backlog, at most :data:`MAX_CONNECTIONS`
+    connections at once, and one log line (not a traceback) for a client that went away."""
+
+    request_queue_size = BACKLOG
+    daemon_threads = True
+    allowed_hosts: Optional[set[str]] = None
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        host, port = self.server_address[:2]
+        if str(host) in ("0.0.0.0", "::"):
+            self.allowed_hosts = None  # every address of the machine: any Host
+        else:
+            names = {str(host)} | (set(LOOPBACK) if str(host) in LOOPBACK else set())
+            self.allowed_hosts = {f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                body = b'{"error": "too many connections; retry"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        err = sys.exc_info()[1]
+        log.info("connection from %s ended: %s", client_address[0] if client_address else "?",
+                 type(err).__name__ if err is not None else "error")
+
+
+def make_server(vae, host: str = "127.0.0.1", port: int = 8000) -> DemoServer:
     """A server for ``vae`` bound to host:port (port 0: a free port; see ``server.server_address``)."""
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(Demo(vae)))
-    except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    server.daemon_threads = True
+        server = DemoServer((host, port), make_handler(Demo(vae)))
+    except (OSError, OverflowError) as e:
+        raise InputError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
     return server
 
 
@@ -282,6 +406,9 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, dev
         raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space to demo")
     server = make_server(vae, host, port)
     h, p = server.server_address[:2]
+    if str(h) not in LOOPBACK:
+        log.warning("warning: the demo listens on %s, so other machines can reach it; it has no authentication "
+                    "(bind --host 127.0.0.1 to keep it to this machine)", h)
     url = f"http://{'[' + h + ']' if ':' in str(h) else h}:{p}/"
     if ready:
         ready(url)

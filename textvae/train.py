@@ -16,6 +16,8 @@ import functools
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -31,7 +33,7 @@ from textvae.data import BucketBatcher, Corpus, collate, prepare_split, read_tra
 from textvae.distributed import DistInfo
 from textvae.errors import CheckpointError, ConfigError, OptionError, TextVAEError
 from textvae.evaluate import evaluate_elbo
-from textvae.files import atomic_write
+from textvae.files import FolderLock, atomic_write, fault_point
 from textvae.generate import sample
 from textvae.losses import elbo_loss, word_dropout
 from textvae.model import SentenceVAE
@@ -122,6 +124,7 @@ class MetricsLog:
         self.mirror = None  # a TensorBoardLog (textvae/tboard.py) when train.tensorboard is on
 
     def write(self, record: dict[str, Any]) -> None:
+        fault_point("append metrics.jsonl")
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.mirror is not None:
@@ -594,6 +597,17 @@ def validate(run: TrainingRun) -> dict[str, float]:
     return res
 
 
+def reset_decoder(run: TrainingRun) -> None:
+    """End autoencoder pre-training (Li et al. 2019): a fresh decoder, the trained encoder, and
+    no Adam moments for the reset weights."""
+    with torch.random.fork_rng(devices=[]):  # the same new weights on every rank and after a resume
+        torch.manual_seed(run.cfg.train.seed + run.step)
+        params = run.model.reset_decoder()
+    for p in params:
+        run.optimizer.state.pop(p, None)
+    log.info("step %d: decoder re-initialised (%d tensors); the encoder is kept", run.step, len(params))
+
+
 def save(run: TrainingRun, final: bool = False) -> None:
     """Write the checkpoint: weights, tokenizer, config and the trainer state for an exact resume.
 
@@ -671,6 +685,52 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
     Returns:
         The checkpoint folder.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    writer = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 alone writes the run folder
+    created = writer and not out_dir.exists()
+    if writer:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {out_dir}: {e.strerror or e}") from None
+    try:
+        with FolderLock(out_dir, "textvae train") if writer else contextlib.nullcontext():
+            if writer:
+                clean_leftovers(out_dir)
+            if resume and is_finished(cfg, out_dir):
+                log.info("%s is finished (step %d of train.max_steps): nothing to do; raise train.max_steps to "
+                         "train on", out_dir, cfg.train.max_steps)
+                return out_dir / ckpt.CHECKPOINT_DIR
+            return _train(cfg, out_dir, resume, stop_after)
+    except BaseException:
+        if created and {p.name for p in out_dir.iterdir()} <= {FolderLock.NAME}:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a run that failed before it wrote anything leaves nothing
+        raise
+
+
+def clean_leftovers(out_dir: Path) -> None:
+    """What a killed run left in its folder: a checkpoint set aside mid-save is put back, and
+    temporary checkpoint folders and files are removed (with the run's lock held)."""
+    ckpt.repair(out_dir / ckpt.CHECKPOINT_DIR)
+    for leftover in out_dir.glob(".*.tmp-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def is_finished(cfg: Config, out_dir: Path) -> bool:
+    """Whether the run's checkpoint is the final one of ``cfg``'s ``train.max_steps``."""
+    try:
+        meta = ckpt.read_meta(out_dir / ckpt.CHECKPOINT_DIR)
+    except TextVAEError:
+        return False  # restore_checkpoint reports what is wrong
+    return bool(meta.get("final")) and int(meta.get("step") or 0) >= cfg.train.max_steps
+
+
+def _train(cfg: Config, out_dir: Path, resume: bool, stop_after: Optional[int]) -> Path:
     run = setup(cfg, out_dir, resume)
     tc = run.cfg.train
     start_step = run.step
@@ -680,6 +740,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
     window = _Window()
     run.model.train()
     while run.step < last_stop:
+        if tc.kl.reset_decoder_step and run.step == tc.kl.reset_decoder_step:
+            reset_decoder(run)
         stats = train_step(run, batches)
         window.tokens += stats.tokens
         progress.update(1)

@@ -20,6 +20,7 @@ evaluate-transfer``. It works on any object that can encode texts and decode cod
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,8 @@ class Codec(Protocol):
 
     def encode_texts(self, texts: list[str], warn: bool = True, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int = 0, **decode_kwargs: Any) -> list[str]: ...
+    def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int | Sequence[int] = 0,
+               **decode_kwargs: Any) -> list[str]: ...
 
 
 @dataclass
@@ -135,26 +137,33 @@ def transfer(codec: Codec, attrs: latent.Attributes, texts: list[str], source: s
     device = _device_of(codec)
     s, t = s.to(device), t.to(device)
     mu, _ = codec.encode_texts(texts)
+    seeds = sentence_seeds(texts, opts.seed)  # a sentence's output does not depend on its batch
     if opts.method in ("mean-diff", "project"):
         z = latent.transfer(mu, s, t, alpha, opts.method)
-        return Transferred(codec.decode(z, opts.strategy, opts.seed, **decode_kwargs), torch.full((len(mu),), alpha))
+        return Transferred(codec.decode(z, opts.strategy, seeds, **decode_kwargs), torch.full((len(mu),), alpha))
     if opts.method == "closest" and alpha == 0:  # no move: the reconstruction, as for every method
-        return Transferred(codec.decode(mu, opts.strategy, opts.seed, **decode_kwargs), torch.zeros(len(mu)))
+        return Transferred(codec.decode(mu, opts.strategy, seeds, **decode_kwargs), torch.zeros(len(mu)))
     accept = make_judge(codec, opts.judge, s, t, target)
     if opts.method == "closest":
-        return _closest(codec, texts, mu, s, t, alpha, opts, accept, **decode_kwargs)
-    return _search(codec, mu, s, t, alpha, opts, accept, **decode_kwargs)
+        return _closest(codec, texts, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
+    return _search(codec, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
+
+
+def sentence_seeds(texts: Sequence[str], seed: int) -> list[int]:
+    """One seed per sentence, from ``seed`` and the sentence's text (not its place in the
+    batch): the same sentence gets the same sampled decodes alone and beside any others."""
+    return [seed + int.from_bytes(hashlib.sha256(x.encode("utf-8", "replace")).digest()[:4], "big") for x in texts]
 
 
 def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float, opts: Options,
-            accept: Callable[[list[str]], torch.Tensor], **decode_kwargs: Any) -> Transferred:
+            accept: Callable[[list[str]], torch.Tensor], seeds: list[int], **decode_kwargs: Any) -> Transferred:
     """'search': the weakest strength on the 'project' path whose output is accepted (else the strongest)."""
     codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="project")
     chosen_texts: list[Optional[str]] = [None] * len(mu)
     chosen = torch.full((len(mu),), float(alphas[-1]))
     open_rows = list(range(len(mu)))
     for k in range(opts.candidates):  # weakest first; only undecided sentences are decoded again
-        outs = codec.decode(codes[k, open_rows], opts.strategy, opts.seed, **decode_kwargs)
+        outs = codec.decode(codes[k, open_rows], opts.strategy, [seeds[r] for r in open_rows], **decode_kwargs)
         last = k == opts.candidates - 1
         ok = torch.zeros(len(outs), dtype=torch.bool) if last else accept(outs).cpu()
         still = []
@@ -171,7 +180,8 @@ def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, al
 
 
 def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float,
-             opts: Options, accept: Callable[[list[str]], torch.Tensor], **decode_kwargs: Any) -> Transferred:
+             opts: Options, accept: Callable[[list[str]], torch.Tensor], seeds: list[int],
+             **decode_kwargs: Any) -> Transferred:
     """'closest': of the accepted candidates, the one nearest the source text (sentence BLEU);
     when none is accepted, the ``opts.strategy`` output at full strength."""
     codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="mean-diff")
@@ -184,9 +194,9 @@ def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor
     for k in range(opts.candidates):
         for d in range(opts.samples + 1):
             if d == 0:
-                outs = codec.decode(codes[k], opts.strategy, opts.seed, **decode_kwargs)
+                outs = codec.decode(codes[k], opts.strategy, seeds, **decode_kwargs)
             else:
-                outs = codec.decode(codes[k], "sample", opts.seed + _SAMPLE_SEED_STRIDE * d + k, **sampling)
+                outs = codec.decode(codes[k], "sample", [x + _SAMPLE_SEED_STRIDE * d + k for x in seeds], **sampling)
             if k == opts.candidates - 1 and d == 0:
                 fallback = outs
             for i, (text, ok) in enumerate(zip(outs, accept(outs).tolist())):
