@@ -136,6 +136,19 @@ def test_output_equal_to_input_is_refused(run_cli, trained_run, tmp_path, comman
     assert f.read_bytes() == before
 
 
+def test_read_only_file_system_is_one_line(run_cli, trained_run, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    rc, _, err = run_cli("reconstruct", "--checkpoint", trained_run, A, "--output", tmp_path / "out.txt")
+    assert_user_error(rc, err, "reconstruct", "Read-only file system", str(tmp_path / "out.txt"))
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_train_out_that_is_a_file(run_cli, in_repo, tmp_path):
     f = tmp_path / "file"
     f.write_text("keep me\n", encoding="utf-8")
@@ -175,9 +188,11 @@ def test_full_stdout_fails(trained_run):
     one_line(proc, "sample", "No space left")
 
 
-@pytest.mark.parametrize("command", ["reconstruct", "score", "encode"])
+@pytest.mark.parametrize("command", ["reconstruct", "score", "encode", "transfer", "analogy", "reconstruct -"])
 def test_closed_stdin_is_one_line(trained_run, tmp_path, command):
-    extra = ["--output", tmp_path / "z.npy"] if command == "encode" else []
+    command, *dash = command.split()
+    extra = {"encode": ["--output", tmp_path / "z.npy"], "transfer": ["--from", "kjv", "--to", "web"],
+             "analogy": ["--input", "-"]}.get(command, []) + (["--input", "-"] if dash else [])
     proc = textvae(command, "--checkpoint", trained_run, *extra, shell_redirect="<&-")
     one_line(proc, command, "stdin")
 

@@ -230,3 +230,42 @@ def test_server_bounds_its_connections(trained_run):
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_an_aborted_connection_is_one_log_line(trained_run, caplog):
+    import logging
+
+    from textvae.api import TextVAE
+    from textvae.serve import make_server
+
+    srv = make_server(TextVAE.from_pretrained(trained_run), "127.0.0.1", 0)
+    try:
+        with caplog.at_level(logging.INFO, logger="textvae"):
+            try:
+                raise ConnectionResetError("peer went away")
+            except ConnectionResetError:
+                srv.handle_error(None, ("10.0.0.9", 5555))
+    finally:
+        srv.server_close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["connection from 10.0.0.9 ended: ConnectionResetError"]
+
+
+def test_serving_on_every_address_warns(trained_run):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "textvae", "serve", "--checkpoint", str(trained_run), "--host",
+                             "0.0.0.0", "--port", "0"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # printed once the server listens, after the warning
+        assert first.startswith("serving the textvae demo on http://0.0.0.0:")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "other machines can reach it" in err and "Traceback" not in err
