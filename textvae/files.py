@@ -97,11 +97,14 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str, Writer], mkdir:
     path = output_target(path)
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         # A FIFO, a device or a socket: write into it; replacing it would destroy it.
-        if callable(data):
-            data(path)
-        else:
-            with open(path, "wb") as fh:
-                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        try:
+            if callable(data):
+                data(path)
+            else:
+                with open(path, "wb") as fh:
+                    fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        except OSError as e:  # e.g. /dev/full: name the file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         return path
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
