@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -380,8 +381,6 @@ class DemoServer(ThreadingHTTPServer):
             self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         err = sys.exc_info()[1]
         log.info("connection from %s ended: %s", client_address[0] if client_address else "?",
                  type(err).__name__ if err is not None else "error")

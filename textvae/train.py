@@ -678,6 +678,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, stop_after: Op
         stop_after: stop after this many optimiser steps in this call (the schedules still
             follow ``train.max_steps``); for time-boxed jobs, continue later with ``resume``.
 
+    The run folder is locked while training writes it (:class:`textvae.files.FolderLock`: a
+    second ``train`` on it is refused), what a killed run left is cleaned first
+    (:func:`clean_leftovers`), and resuming a finished run changes nothing.
+
     Under ``torchrun`` (RANK/WORLD_SIZE set) every process calls this with the same arguments:
     each trains on its share of the global batch under DistributedDataParallel and rank 0
     alone writes ``out_dir`` (see ``textvae/distributed.py``).
