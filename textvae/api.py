@@ -103,6 +103,74 @@ class TextVAE:
     def latent_dim(self) -> int:
         return self.model.cfg.latent_dim
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is label-conditional (model.conditional 'label'; Kingma et al. 2014)."""
+        return bool(getattr(self.model, "conditional", False))
+
+    @property
+    def label_names(self) -> list[str]:
+        """The training data's label names (in label-index order), [] for unlabelled data."""
+        return list(self.meta.get("label_names") or [])
+
+    def label_index(self, label: str, what: str = "--label") -> int:
+        """A label's index for a conditional model; a one-line error for an unconditional model or
+        a label never seen in training."""
+        if not self.conditional:
+            raise InputError(f"{what} needs a label-conditional model (trained with --set model.conditional=label); "
+                             "this one is unconditional")
+        names = self.label_names
+        if label not in names:
+            raise InputError(f"unknown label {label!r}; the model was trained on: {', '.join(names)}")
+        return names.index(label)
+
+    def _label_tensor(self, labels: Any, n: int) -> Optional[torch.Tensor]:
+        """(n,) label indices on the model's device from one label, n labels (names or indices) or
+        None (None stays None: an unconditional model, or 'the classifier's label')."""
+        if labels is None:
+            return None
+        if isinstance(labels, torch.Tensor):
+            return labels.to(self.device, torch.long)
+        if isinstance(labels, (str, int)):
+            labels = [labels] * n
+        labels = list(labels)
+        if len(labels) != n:
+            raise InputError(f"give one label, or one per row ({n}), not {len(labels)}")
+        out = []
+        for y in labels:
+            if isinstance(y, str):
+                out.append(self.label_index(y))
+            elif isinstance(y, int) and self.conditional and 0 <= y < len(self.label_names):
+                out.append(y)
+            else:
+                self.label_index(str(y))  # raises the one-line error
+        return torch.as_tensor(out, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ labels (a conditional model)
+
+    def classify(self, sentences: Sentences) -> list[dict[str, Any]]:
+        """The classifier q(y|x) of a conditional model: per sentence {text, label, prob, probs}."""
+        from textvae.evaluate import predict_labels
+
+        if not self.conditional:
+            raise InputError("classify needs a label-conditional model (trained with --set model.conditional=label); "
+                             "this one is unconditional")
+        texts = check_sentences(sentences)
+        ids, _ = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
+        probs = predict_labels(self.model, ids, self.tokenizer, self.batch_size).cpu()
+        names = self.label_names
+        return [{"text": t, "label": names[int(p.argmax())], "prob": float(p.max()),
+                 "probs": {n: float(v) for n, v in zip(names, p.tolist())}} for t, p in zip(texts, probs)]
+
+    def predicted_labels(self, texts: list[str]) -> Optional[torch.Tensor]:
+        """The classifier's most likely label index per text (None for an unconditional model)."""
+        from textvae.evaluate import predict_labels
+
+        if not self.conditional:
+            return None
+        ids, _ = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
+        return predict_labels(self.model, ids, self.tokenizer, self.batch_size).argmax(-1)
+
     # ------------------------------------------------------------------ text <-> z
 
     def encode(self, sentences: Sentences) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,11 +184,14 @@ class TextVAE:
         """
         return self.encode_texts(check_sentences(sentences))
 
-    def encode_texts(self, texts: list[str], warn: bool = True, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_texts(self, texts: list[str], warn: bool = True, refine: bool = True,
+                     labels: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`encode` for texts already checked (``warn=False``: no truncation count or warning).
 
         With ``self.refine_steps`` > 0 (and ``refine``), each mean is refined against the decoder
-        at encode time (semi-amortised inference, :func:`textvae.evaluate.refine_posterior`)."""
+        at encode time (semi-amortised inference, :func:`textvae.evaluate.refine_posterior`).
+        A conditional model encodes q(z|x, y) under ``labels`` (one label or one per text; None:
+        the label its classifier finds most likely)."""
         if self.model.is_lm:
             raise InputError("this checkpoint is a language model (latent_dim 0): it has no latent space")
         ids, truncated = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
@@ -129,10 +200,13 @@ class TextVAE:
         if truncated and warn and self.warn_truncation:
             log.warning("%d of %d sentences were longer than the model's limit (%d tokens, bos/eos included) "
                         "and were truncated", truncated, len(texts), self.model.cfg.max_len)
-        mu, logvar = posterior_params(self.model, ids, self.tokenizer, self.batch_size)
+        lab = self._label_tensor(labels, len(texts)) if self.conditional else None
+        if self.conditional and lab is None:
+            lab = self.predicted_labels(texts)
+        mu, logvar = posterior_params(self.model, ids, self.tokenizer, self.batch_size, lab)
         if refine and self.refine_steps:
             mu = refine_posterior(self.model, ids, self.tokenizer, mu, logvar, self.refine_steps,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, labels=lab)
         return mu, logvar
 
     def seen_words(self, mode: str = ckpt.DEFAULT_WORDS) -> Optional[Any]:
@@ -142,8 +216,9 @@ class TextVAE:
         return self._words[mode]
 
     def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int | Sequence[int] = 0, words: Any = ckpt.DEFAULT_WORDS,
-               **decode_kwargs: Any) -> list[str]:
-        """Decode codes z (N, L) or (L,) into sentences.
+               labels: Any = None, **decode_kwargs: Any) -> list[str]:
+        """Decode codes z (N, L) or (L,) into sentences (a conditional model: with ``labels``,
+        one label name or one per row).
 
         Args:
             strategy: 'greedy', 'sample' or 'beam' (see ``textvae.generate.decode``; its
@@ -158,6 +233,12 @@ class TextVAE:
             z = z[None]
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise InputError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        if self.conditional:
+            if labels is None:
+                raise InputError(f"this model decodes z with a label: give one of {', '.join(self.label_names)}")
+            z = self.model.code(z.to(self.device), self._label_tensor(labels, z.shape[0]))
+        elif labels is not None:
+            self.label_index(str(labels), "a label")  # the one-line error of an unconditional model
         if isinstance(words, str):
             words = self.seen_words(words)
         if isinstance(seed, int):
@@ -170,16 +251,19 @@ class TextVAE:
                             **decode_kwargs)[0]
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-               prior: str = DEFAULT_PRIOR, **decode_kwargs: Any) -> list[str]:
+               prior: str = DEFAULT_PRIOR, label: Optional[str] = None, **decode_kwargs: Any) -> list[str]:
         """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), or 'fitted', the
-        mixture fitted to the training codes (textvae/prior.py)."""
-        return self.sample_detailed(n, seed, strategy, top_p, prior, **decode_kwargs)[0]
+        mixture fitted to the training codes (textvae/prior.py). A conditional model writes in the
+        style of ``label`` (None: each sentence's label drawn from the uniform label prior)."""
+        return self.sample_detailed(n, seed, strategy, top_p, prior, label, **decode_kwargs)[0]
 
     def sample_detailed(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-                        prior: str = DEFAULT_PRIOR, **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
+                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None,
+                        **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
         """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample
 
+        index = self.label_index(label) if label is not None else None
         if n < 1:
             raise InputError("the number of samples must be at least 1")
         if prior not in PRIORS:
@@ -189,7 +273,7 @@ class TextVAE:
             words = self.seen_words(words)
         fitted = self.fitted_prior() if prior == "fitted" else None
         return sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size, prior=fitted,
-                      strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
+                      label=index, strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
 
     def fitted_prior(self) -> Any:
         """The mixture fitted to the training codes (fitted and cached in the folder when missing)."""
@@ -201,9 +285,15 @@ class TextVAE:
 
     def reconstruct(self, sentences: Sentences, strategy: str = "greedy", seed: int = 0,
                     **decode_kwargs: Any) -> list[str]:
-        """Encode to the posterior mean and decode again."""
-        mu, _ = self.encode(sentences)
-        return self.decode(mu, strategy, seed, **decode_kwargs)
+        """Encode to the posterior mean and decode again (a conditional model: under the label its
+        classifier finds most likely)."""
+        texts = check_sentences(sentences)
+        labels = self.predicted_labels(texts)
+        mu, _ = self.encode_texts(texts, labels=labels)
+        return self.decode(mu, strategy, seed, labels=self._names(labels), **decode_kwargs)
+
+    def _names(self, labels: Optional[torch.Tensor]) -> Optional[list[str]]:
+        return None if labels is None else [self.label_names[i] for i in labels.tolist()]
 
     def export_codes(self, texts: Sequence[str], path: str | Path, logvar: bool = False) -> list[Path]:
         """Write the posterior means (and log-variances) of ``texts`` to a .npy or .parquet file,
@@ -238,9 +328,14 @@ class TextVAE:
             raise InputError(f"--steps must be at least 2 (the two endpoints), got {steps}")
         if method not in latent.INTERPOLATIONS:
             raise InputError(f"unknown interpolation method {method!r}; use one of {', '.join(latent.INTERPOLATIONS)}")
-        mu, _ = self.encode([a, b])
+        texts = check_sentences([a, b])
+        labels = self.predicted_labels(texts)
+        mu, _ = self.encode_texts(texts, labels=labels)
         path = latent.interpolate(mu[0], mu[1], steps, method)
-        return self.decode(path, strategy, seed, **decode_kwargs)
+        # a conditional model: a's label on the first half of the path, b's on the rest
+        names = self._names(labels)
+        path_labels = None if names is None else [names[0] if 2 * i < steps - 1 else names[1] for i in range(steps)]
+        return self.decode(path, strategy, seed, labels=path_labels, **decode_kwargs)
 
     def attribute_vectors(self, sentences: Sequence[str], labels: Sequence[str],
                           label_names: Optional[Sequence[str]] = None, info: Optional[dict[str, Any]] = None
@@ -288,9 +383,8 @@ class TextVAE:
                           samples: int = style_transfer.CLOSEST_SAMPLES, **decode_kwargs: Any) -> style_transfer.Transferred:
         """:meth:`transfer`, also returning the strength used for each sentence."""
         opts = style_transfer.Options(method, alpha, strategy, seed, candidates, judge, samples)
-        opts.strength()  # an unknown method or a bad alpha fails before the attribute vectors are needed
-        attrs = self.require_attributes()
-        style_transfer.check_labels(attrs, source, target)
+        alpha = opts.strength()  # an unknown method or a bad alpha fails before the attribute vectors are needed
+        attrs = style_transfer.needed_attributes(self, opts, source, target)
         return style_transfer.transfer(self, attrs, check_sentences(sentences), source, target, opts, **decode_kwargs)
 
     def analogy(self, a: Sentences, b: Sentences, c: Sentences, strategy: str = "greedy", seed: int = 0,
@@ -305,7 +399,11 @@ class TextVAE:
         n = len(ta)
         mu, _ = self.encode(ta + tb + tc)
         z = latent.analogy(mu[:n], mu[n : 2 * n], mu[2 * n :])
-        return self.decode(z, strategy, seed, **decode_kwargs)
+        labels = None
+        if self.conditional:  # the label moves as the code does: b's where a's and b's differ, else c's
+            la, lb, lc = (self._names(self.predicted_labels(t)) for t in (ta, tb, tc))
+            labels = [y_b if y_a != y_b else y_c for y_a, y_b, y_c in zip(la, lb, lc)]
+        return self.decode(z, strategy, seed, labels=labels, **decode_kwargs)
 
     def require_attributes(self) -> latent.Attributes:
         """The attribute vectors, or an error that says how to compute them."""

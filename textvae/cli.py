@@ -40,7 +40,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
                    beam_size=args.beam_size, max_len=args.max_len, no_repeat_ngram=args.no_repeat_ngram)
     check_options(**options)
     vae = _load_vae(args, attributes=False, latent=False)
-    texts, finished = vae.sample_detailed(args.n, seed=args.seed, prior=args.prior, words=args.words, **options)
+    if args.label is not None:
+        vae.label_index(args.label)  # before any work
+    texts, finished = vae.sample_detailed(args.n, seed=args.seed, prior=args.prior, label=args.label,
+                                          words=args.words, **options)
     _print_lines(texts)
     if args.stats:
         from textvae.data import load_texts
@@ -96,6 +99,21 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Label sentences with a label-conditional model's classifier q(y|x): label and probability per line."""
+    vae = _load_vae(args, attributes=False)
+    if not vae.conditional:
+        raise TextVAEError("classify needs a label-conditional model (trained with --set model.conditional=label); "
+                           "this one is unconditional")
+    texts = _input_sentences(args, vae)
+    records = vae.classify(texts)
+    lines = [json.dumps({"text": r["text"], "label": r["label"], "prob": round(r["prob"], 6),
+                         "probs": {k: round(v, 6) for k, v in r["probs"].items()}}, ensure_ascii=False)
+             if args.json else f"{r['label']}\t{r['prob']:.4f}\t{r['text']}" for r in records]
+    _write_lines(args, lines)
+    return 0
+
+
 # --------------------------------------------------------------------------- latent space (textvae/api.py)
 
 
@@ -124,11 +142,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from textvae import transfer
 
     vae = _load_vae(args)
-    attrs = vae.require_attributes()
-    transfer.check_labels(attrs, args.source, args.target)  # before any work
+    opts = _transfer_options(args)
+    opts.strength()
+    attrs = transfer.needed_attributes(vae, opts, args.source, args.target)  # labels checked before any work
     texts = _input_sentences(args, vae)
-    out = transfer.transfer(vae, attrs, texts, args.source, args.target, _transfer_options(args),
-                            **_decoding(args, extras_only=True))
+    out = transfer.transfer(vae, attrs, texts, args.source, args.target, opts, **_decoding(args, extras_only=True))
     records = [{"source": s, "output": o, "alpha": round(float(a), 4)} for s, o, a in zip(texts, out.texts, out.alphas)]
     if args.score:
         args.json = True
@@ -286,9 +304,13 @@ def _transfer_options(args: argparse.Namespace):
 def _write_records(args: argparse.Namespace, records: list[dict]) -> None:
     """One line per record: its 'output', or the whole record as JSON with --json; to --output
     FILE (written atomically) or stdout."""
+    _write_lines(args, [json.dumps(r, ensure_ascii=False) if args.json else r["output"] for r in records])
+
+
+def _write_lines(args: argparse.Namespace, lines: list[str]) -> None:
+    """Lines to --output FILE (written atomically) or stdout."""
     from textvae.files import atomic_write
 
-    lines = [json.dumps(r, ensure_ascii=False) if args.json else r["output"] for r in records]
     if getattr(args, "output", None):
         atomic_write(args.output, "".join(x + "\n" for x in lines))
         log.info("wrote %d lines to %s", len(lines), args.output)
@@ -405,6 +427,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _add_words(p)
     _add_prior(p)
+    p.add_argument("--label", metavar="LABEL", help="a label-conditional model (model.conditional=label): write in "
+                                                    "this label's style (default: each sentence's label drawn at random)")
     p.add_argument("--stats", action="store_true",
                    help="print eos rate, novelty against the training data and distinct-n as JSON on stderr")
 
@@ -544,7 +568,8 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "style axis to the target mean's; search: try strengths up to alpha on the project "
                         "path, keep the weakest that lands in the target style; closest: decode several "
                         "candidates at strengths up to alpha on the mean-diff path, keep the one in the target "
-                        f"style that is closest to the source (default: {t.DEFAULT_METHOD})")
+                        "style that is closest to the source; relabel (a label-conditional model): decode z with "
+                        f"the target label (default: {t.DEFAULT_METHOD})")
     p.add_argument("--alpha", type=_float(-MAX_ALPHA, MAX_ALPHA), default=None,
                    help=f"strength; 0 gives the reconstruction (default per method: {alphas}; for search and "
                         "closest it is the largest tried)")
@@ -568,6 +593,12 @@ def _add_transfer(p: argparse.ArgumentParser) -> None:
                    help="add the style classifier's verdict, its target probability and the sentence BLEU to the "
                         "source (implies --json)")
     _add_latent_common(p, "one JSON object per line: source, output, alpha (and scores with --score)")
+
+
+def _add_classify(p: argparse.ArgumentParser) -> None:
+    _add_sentences(p)
+    _add_checkpoint(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line: text, label, prob, probs")
 
 
 def _add_analogy(p: argparse.ArgumentParser) -> None:
@@ -666,6 +697,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "evaluate": (cmd_evaluate, _add_evaluate),
     "score": (cmd_score, _add_score),
     "encode": (cmd_encode, _add_encode),
+    "classify": (cmd_classify, _add_classify),
     "reconstruct": (cmd_reconstruct, _add_reconstruct),
     "interpolate": (cmd_interpolate, _add_interpolate),
     "transfer": (cmd_transfer, _add_transfer),

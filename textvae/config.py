@@ -110,10 +110,32 @@ class ModelConfig:
     encoder is taught to put the sentence itself (its words in their order, not only its topic)
     into z. > 0 adds the head (max_len x d_model positions, an L x d_model projection and an MLP;
     the output layer is the tied token embedding); it is unused at generation time."""
+    conditional: str = "none"
+    """'none', or 'label': a semi-supervised, label-conditional VAE (Kingma et al. 2014, M2). A
+    classifier q(y|x) reads the encoder's summary, the posterior q(z|x, y) and the decoder
+    p(x|z, y) read a learned label embedding (the decoder through the same injection points as
+    z), and rows without a label are trained on the expectation over q(y|x), summed exactly over
+    the labels. Needs data.label_column; rows with an empty label are unlabelled."""
+    num_labels: int = 0
+    """Number of labels of a conditional model; 0 means "take it from the training data"."""
+    label_dim: int = 16
+    """Width of the label embedding that a conditional model's posterior and decoder read."""
+    classifier_weight: float = 20.0
+    """Weight alpha of the classification loss -log q(y|x) on labelled rows, in nats per sentence
+    (Kingma et al. 2014's alpha): the ELBO alone does not train the classifier on labelled rows."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def __post_init__(self) -> None:
+        _choice("model.conditional", self.conditional, ("none", "label"))
+        if self.conditional != "none" and self.latent_dim == 0:
+            raise ConfigError("model.conditional 'label' needs a latent space (model.latent_dim > 0)")
+        if self.num_labels < 0 or self.num_labels == 1:
+            raise ConfigError(f"model.num_labels must be 0 (from the data) or at least 2, got {self.num_labels}")
+        if self.label_dim < 1:
+            raise ConfigError(f"model.label_dim must be at least 1, got {self.label_dim}")
+        if not math.isfinite(self.classifier_weight) or self.classifier_weight < 0:
+            raise ConfigError(f"model.classifier_weight must be >= 0, got {self.classifier_weight}")
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a positive multiple of model.n_heads ({self.n_heads})")
         if self.enc_layers < 1 or self.dec_layers < 1:
@@ -179,6 +201,10 @@ class DataConfig:
     (and give the label names and the final attribute vectors)."""
     shuffle_buffer: int = 10000
     """Streaming: rows in the shuffle buffer (datasets' IterableDataset.shuffle), reseeded every epoch."""
+    label_fraction: float = 1.0
+    """Conditional models (model.conditional 'label'): keep the labels of this share of the
+    training rows, chosen with train.seed, and treat the others as unlabelled (for
+    semi-supervised experiments). 1 keeps every label the data has."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.bucket_size < 1:
@@ -189,6 +215,8 @@ class DataConfig:
             raise ConfigError("data.max_words must be >= data.min_words")
         if self.streaming_sample < 1 or self.shuffle_buffer < 1:
             raise ConfigError("data.streaming_sample and data.shuffle_buffer must be at least 1")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
 
 
 @dataclass(frozen=True)
@@ -344,6 +372,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.model.conditional != "none" and not self.data.label_column:
+            raise ConfigError("model.conditional 'label' needs data.label_column (the column of labels)")
+        if self.model.conditional != "none" and self.data.streaming:
+            raise ConfigError("model.conditional 'label' does not support data.streaming yet; load the corpus in memory")
         if self.model.decoder.type == "pretrained" and self.tokenizer.kind != "pretrained":
             raise ConfigError("model.decoder.type 'pretrained' reads and writes its own vocabulary: set tokenizer.kind=pretrained "
                               "and tokenizer.path to the decoder's folder")
@@ -383,7 +415,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 INT_LIMITS: dict[str, int] = {
     "model.vocab_size": 1_000_000, "model.d_model": 16_384, "model.n_heads": 1_024, "model.enc_layers": 256,
-    "model.dec_layers": 256, "model.d_ff": 262_144, "model.latent_dim": 16_384, "model.z_slots": 1_024,
+    "model.dec_layers": 256, "model.d_ff": 262_144, "model.num_labels": 100_000, "model.label_dim": 16_384, "model.latent_dim": 16_384, "model.z_slots": 1_024,
     "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
     "data.bucket_size": 1_000_000, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
 }
@@ -400,13 +432,17 @@ def _check_int(name: str, value: int) -> int:
     return value
 
 
+_NONE_IS_A_VALUE = {"model.conditional"}  # string keys for which 'none' is a choice, not an empty value
+
+
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Coerce ``value`` (from YAML or a command-line string) to the field type ``tp``."""
     base, optional = _unwrap_optional(tp)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
         if optional:
             return None
-        raise ConfigError(f"{name} cannot be empty")
+        if value is None or name not in _NONE_IS_A_VALUE:
+            raise ConfigError(f"{name} cannot be empty")
     if base is bool:
         if isinstance(value, bool):
             return value

@@ -356,8 +356,13 @@ def column(ds, name: str) -> list:
 
 def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text_column: str = "text",
                   label_column: Optional[str] = None, min_words: int = 1, max_words: int = 0,
-                  label_names: Optional[list[str]] = None, num_proc: int = 1, name: str = "train") -> tuple[Corpus, list[str]]:
-    """Load, clean and tokenise one split; log what was dropped; return (Corpus, label names)."""
+                  label_names: Optional[list[str]] = None, num_proc: int = 1, name: str = "train",
+                  allow_unlabelled: bool = False) -> tuple[Corpus, list[str]]:
+    """Load, clean and tokenise one split; log what was dropped; return (Corpus, label names).
+
+    With ``allow_unlabelled`` (a conditional model's training data) a row with an empty label is
+    kept as unlabelled (label index -1); otherwise it is an error. Label names come from the
+    labelled rows, sorted, unless ``label_names`` gives them."""
     ds = load_split(source, split, text_column, label_column)
     ds, report = clean(ds, text_column, min_words, max_words, label_column)
     ds, too_many = tokenize(ds, tok, max_tokens, num_proc)
@@ -366,16 +371,19 @@ def prepare_split(source: str, split: str, tok: Tokenizer, max_tokens: int, text
         raise DataError(f"{source}: no sentences left after cleaning ({report}; {too_many} longer than {max_tokens} tokens)")
     labels = None
     if label_column:
-        raw = column(ds, "label")
-        if any(v is None or v == "" for v in raw):
+        raw = [None if v is None or v.strip() == "" else v for v in column(ds, "label")]
+        if not allow_unlabelled and any(v is None for v in raw):
             raise DataError(f"{source}: some rows have an empty {label_column!r} label")
+        given = {v for v in raw if v is not None}
+        if not given:
+            raise DataError(f"{source}: no row has a {label_column!r} label")
         if label_names is None:
-            label_names = sorted(set(raw))
+            label_names = sorted(given)
         index = {n: i for i, n in enumerate(label_names)}
-        unknown = sorted(set(raw) - set(index))
+        unknown = sorted(given - set(index))
         if unknown:
             raise DataError(f"{source}: unknown label {unknown[0]!r}; known labels: {', '.join(label_names)}")
-        labels = [index[v] for v in raw]
+        labels = [-1 if v is None else index[v] for v in raw]
     return Corpus(column(ds, "text"), column(ds, "ids"), labels), (label_names or [])
 
 

@@ -36,10 +36,46 @@ def _one_sample_forward(model: SentenceVAE, b, g: torch.Generator
     """One batch through the model with one z ~ q(z|x) drawn from ``g`` (the posterior mean for
     a language model): logits (B, T, V), mu, logvar (B, L). The ELBO terms are the caller's, in
     float32 and outside any autocast."""
-    mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+    labels = batch_labels(model, b)
+    mu, logvar = model.encode(b.enc_ids, b.enc_mask, labels)
     z = model.reparameterize(mu.float(), logvar.float(), g).to(mu.dtype) if not model.is_lm else mu
-    logits, _ = model.decode(b.dec_in, z)
+    logits, _ = model.decode(b.dec_in, model.code(z, labels))
     return logits, mu, logvar
+
+
+def batch_labels(model: SentenceVAE, b) -> Optional[torch.Tensor]:
+    """The labels a conditional model encodes and decodes a batch with: the batch's own when every
+    row has one, else the classifier's most likely label; None for an unconditional model."""
+    if not model.conditional:
+        return None
+    if b.labels is not None and bool((b.labels >= 0).all()):
+        return b.labels
+    return model.classify(b.enc_ids, b.enc_mask).argmax(-1)
+
+
+def _over_labels(per_label: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine bounds on -log p(x|y) (one (N,) tensor per label) into a bound on -log p(x) =
+    -log sum_y p(y) p(x|y) under the uniform label prior; also the posterior weights p(y|x) (K, N)."""
+    nll = torch.stack(list(per_label))  # (K, N)
+    log_joint = -nll - math.log(nll.shape[0])
+    return -torch.logsumexp(log_joint, 0), torch.softmax(log_joint, 0)
+
+
+@torch.no_grad()
+def predict_labels(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
+                   batch_size: int = 128) -> torch.Tensor:
+    """q(y|x) of a conditional model for token-id lists: probabilities (N, K) on the model's device."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(ids), model.cfg.num_labels, device=device)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([ids[i] for i in idx], tok).to(device)
+        out[torch.as_tensor(idx, device=device)] = model.classify(b.enc_ids, b.enc_mask).float().softmax(-1)
+    model.train(was_training)
+    return out
 
 
 @torch.no_grad()
@@ -48,7 +84,8 @@ def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size
                   autocast: Optional[contextlib.AbstractContextManager] = None) -> dict[str, float]:
     """Reconstruction NLL, KL and negative ELBO (nats per sentence, one z sample each),
     per-token NLL bound, and active units over ``corpus``. Uses its own seeded generator,
-    so it never disturbs the training random state."""
+    so it never disturbs the training random state. A conditional model is given each row's
+    label (the classifier's where the corpus has none) and its classifier's ``accuracy`` is added."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -58,12 +95,14 @@ def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size
         step = max(1, len(batches) // max_batches)
         batches = batches[::step][:max_batches]
     rec = kl = 0.0
-    n = tokens = 0
+    n = tokens = correct = 0
     mus = []
     for idx in batches:
         b = corpus.batch(idx, tok).to(device)
         with autocast if autocast is not None else contextlib.nullcontext():
             logits, mu, logvar = _one_sample_forward(model, b, g)
+            if model.conditional and b.labels is not None:
+                correct += int((model.classify(b.enc_ids, b.enc_mask).argmax(-1) == b.labels).sum())
         rec += float(reconstruction_nll(logits, b.targets, tok.pad_id).sum())
         kl += float(gaussian_kl(mu, logvar).sum())
         n += len(idx)
@@ -72,7 +111,7 @@ def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size
     model.train(was_training)
     au, _ = active_units(torch.cat(mus), au_threshold)
     L = model.cfg.latent_dim
-    return {
+    out = {
         "rec": rec / n,
         "kl": kl / n,
         "neg_elbo": (rec + kl) / n,
@@ -81,6 +120,9 @@ def evaluate_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, batch_size
         "active_fraction": au / L if L else 0.0,
         "sentences": n,
     }
+    if model.conditional and corpus.labels is not None:
+        out["accuracy"] = correct / n  # the classifier q(y|x); rec and KL are given the true label
+    return out
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -127,16 +169,21 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
 
 @torch.no_grad()
 def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: int = 500, batch_size: int = 32,
-           max_rows: int = 512, seed: int = 0) -> torch.Tensor:
+           max_rows: int = 512, seed: int = 0, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Importance-weighted bound on -log p(x) per sentence (Burda et al. 2016), in nats.
 
     -log p(x) <= -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). K = 1 is a
     one-sample negative ELBO; the bound tightens as K grows. Samples are drawn in chunks so
     that at most ``max_rows`` decoder rows run at once. For a language model (latent_dim 0)
-    this is the exact NLL. Returns (N,) float64 on CPU, in the order of ``ids``.
+    this is the exact NLL. A conditional model bounds -log p(x|y) given ``labels`` (N label
+    indices), and without them -log p(x) = -log sum_y p(y) p(x|y), one bound per label.
+    Returns (N,) float64 on CPU, in the order of ``ids``.
     """
     if k < 1:
         raise ValueError("the number of importance samples must be at least 1")
+    if model.conditional and labels is None:
+        return _over_labels([iw_nll(model, ids, tok, k, batch_size, max_rows, seed, [y] * len(ids))
+                             for y in range(model.cfg.num_labels)])[0]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -147,7 +194,8 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
         idx = order[start : start + batch_size]
         b = collate([ids[i] for i in idx], tok).to(device)
         B = len(idx)
-        mu, logvar = model.encode(b.enc_ids, b.enc_mask)
+        lab = torch.as_tensor([labels[i] for i in idx], device=device) if model.conditional else None
+        mu, logvar = model.encode(b.enc_ids, b.enc_mask, lab)
         mu, logvar = mu.float(), logvar.float()
         if model.is_lm:
             logits, _ = model.decode(b.dec_in, mu)
@@ -159,7 +207,8 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
             c = min(chunk, k - s)
             eps = torch.randn(B, c, mu.shape[1], generator=g, device=device)
             z = mu[:, None] + (0.5 * logvar).exp()[:, None] * eps  # (B, c, L)
-            logits, _ = model.decode(b.dec_in.repeat_interleave(c, 0), z.reshape(B * c, -1))
+            code = model.code(z.reshape(B * c, -1), None if lab is None else lab.repeat_interleave(c, 0))
+            logits, _ = model.decode(b.dec_in.repeat_interleave(c, 0), code)
             rec = reconstruction_nll(logits, b.targets.repeat_interleave(c, 0), tok.pad_id).view(B, c)
             log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
             log_qz = _log_normal(z, mu[:, None], logvar[:, None])
@@ -172,8 +221,15 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
 
 @torch.no_grad()
 def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, batch_size: int = 64,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Negative ELBO with the analytic KL and one z sample, and the KL, per sentence: (N,), (N,)."""
+                      seed: int = 0, labels: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative ELBO with the analytic KL and one z sample, and the KL, per sentence: (N,), (N,).
+
+    A conditional model: given ``labels``, the bound on -log p(x|y); without them, on -log p(x)
+    (one bound per label, combined as in :func:`iw_nll`), with the KL weighted by p(y|x)."""
+    if model.conditional and labels is None:
+        per = [elbo_per_sentence(model, ids, tok, batch_size, seed, [y] * len(ids)) for y in range(model.cfg.num_labels)]
+        nll, weights = _over_labels([p[0] for p in per])
+        return nll, (weights * torch.stack([p[1] for p in per])).sum(0)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -183,7 +239,7 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        b = collate([ids[i] for i in idx], tok).to(device)
+        b = collate([ids[i] for i in idx], tok, None if labels is None else [labels[i] for i in idx]).to(device)
         logits, mu, logvar = _one_sample_forward(model, b, g)
         kl = gaussian_kl(mu, logvar).sum(1)
         neg_elbo[idx] = (reconstruction_nll(logits, b.targets, tok.pad_id) + kl).double().cpu()
@@ -194,7 +250,7 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
 
 @torch.no_grad()
 def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
-                     batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch_size: int = 128, labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior parameters of token-id lists (no specials; see :func:`prepare_ids`), batched by length.
 
     Args:
@@ -202,6 +258,8 @@ def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
         ids: N token-id lists, each short enough for the model.
         tok: the model's tokenizer (pad/bos/eos ids).
         batch_size: sentences per encoder call.
+        labels: a conditional model's label index per sentence (N,): q(z|x, y); None: for the
+            label the classifier finds most likely.
     Returns:
         mu, logvar: (N, L) float32 on the model's device, in the order of ``ids``.
     """
@@ -216,8 +274,9 @@ def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = collate([ids[i] for i in idx], tok)
-        mu, logvar = model.encode(b.enc_ids.to(device), b.enc_mask.to(device))
         where = torch.as_tensor(idx, device=device)
+        lab = None if labels is None else torch.as_tensor(labels, device=device)[where]
+        mu, logvar = model.encode(b.enc_ids.to(device), b.enc_mask.to(device), lab)
         mu_all[where] = mu.float()
         lv_all[where] = logvar.float()
     model.train(was_training)
@@ -230,7 +289,7 @@ MAX_REFINE_STEPS = 1000
 
 def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, mu: torch.Tensor,
                      logvar: torch.Tensor, steps: int, lr: float = REFINE_LR, beta: float = 1.0,
-                     batch_size: int = 128) -> torch.Tensor:
+                     batch_size: int = 128, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Semi-amortised inference at encode time (Kim et al. 2018): ``steps`` Adam steps on each
     posterior mean, from the encoder's, against the decoder.
 
@@ -244,6 +303,8 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     Args:
         mu, logvar: (N, L) the encoder's posterior parameters, in the order of ``ids``.
         steps: optimiser steps per sentence (0 returns ``mu`` unchanged).
+        labels: a conditional model's label per sentence (N,), that it decodes with (None: the
+            classifier's most likely).
     Returns:
         the refined means (N, L) float32 on the model's device.
     """
@@ -267,12 +328,16 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
             b = collate([ids[i] for i in idx.tolist()], tok).to(device)
             z = out[idx].clone().requires_grad_(True)
             lv = logvar[idx].detach().float()
+            lab = None
+            if model.conditional:
+                lab = (torch.as_tensor(labels, device=device)[idx] if labels is not None
+                       else model.classify(b.enc_ids, b.enc_mask).argmax(-1))
             opt = torch.optim.Adam([z], lr=lr)
             best = z.detach().clone()
             best_loss = torch.full((len(idx),), math.inf, device=device)
             for step in range(steps + 1):  # the last pass only scores the last update
                 with torch.enable_grad():
-                    logits, _ = model.decode(b.dec_in, z)
+                    logits, _ = model.decode(b.dec_in, model.code(z, lab))
                     loss = reconstruction_nll(logits, b.targets, tok.pad_id) + beta * gaussian_kl(z, lv).sum(1)
                 better = loss.detach() < best_loss  # each row keeps its best point: never worse than the encoder's
                 best[better] = z.detach()[better]
@@ -346,9 +411,10 @@ def greedy_reconstructions(model: SentenceVAE, ids: Sequence[Sequence[int]], tok
     ``refine_steps`` > 0), in the order of ``ids``."""
     from textvae.generate import decode_texts
 
-    mu, logvar = posterior_params(model, ids, tok, batch_size)
-    mu = refine_posterior(model, ids, tok, mu, logvar, refine_steps, batch_size=batch_size)
-    return decode_texts(model, tok, mu, batch_size, strategy="greedy", **decode_kwargs)[0]
+    labels = predict_labels(model, ids, tok, batch_size).argmax(-1) if model.conditional else None
+    mu, logvar = posterior_params(model, ids, tok, batch_size, labels)
+    mu = refine_posterior(model, ids, tok, mu, logvar, refine_steps, batch_size=batch_size, labels=labels)
+    return decode_texts(model, tok, model.code(mu, labels), batch_size, strategy="greedy", **decode_kwargs)[0]
 
 
 def self_bleu(texts: Sequence[str]) -> float:

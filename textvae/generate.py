@@ -332,7 +332,8 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
 @torch.no_grad()
 def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batch_size: int = 256,
                  generator: Optional[torch.Generator] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
-    """Decode codes z (N, L) into sentences, ``batch_size`` rows at a time, with one random stream
+    """Decode codes z (N, L) (a conditional model's from ``model.code(z, labels)``) into sentences,
+    ``batch_size`` rows at a time, with one random stream
     (``generator``) across the batches or one per row (:class:`RowSeeds`). Returns (texts,
     finished flags)."""
     device = next(model.parameters()).device
@@ -385,12 +386,14 @@ class RowSeeds:
 
 @torch.no_grad()
 def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
-           prior: Optional[Any] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
+           prior: Optional[Any] = None, label: Optional[int] = None, **decode_kwargs) -> tuple[list[str], list[bool]]:
     """Draw n codes from the prior and decode them. Returns (texts, finished flags).
 
     Sentence i comes from its own random stream, seeded ``seed + i`` (:class:`RowSeeds`): its
     code and its sampled tokens do not depend on n or on the batch size.
     ``prior``: None for N(0, I), or a fitted prior with ``sample(n, generator)`` (textvae/prior.py).
+    ``label``: the label index a conditional model decodes with; None draws each sentence's label
+    from the uniform label prior p(y) (after its z, from its own stream).
     """
     device = next(model.parameters()).device
     rows = RowSeeds.from_seed(seed, n)
@@ -398,4 +401,12 @@ def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batc
         z = torch.cat([prior.sample(1, generator=g) for g in rows.generators]) if n else torch.empty(0)
     else:
         z = rows.normal(model.cfg.latent_dim)
-    return decode_texts(model, tokenizer, z.float().to(device), batch_size, rows, **decode_kwargs)
+    z = z.float().to(device)
+    if model.conditional:
+        K = model.cfg.num_labels
+        if label is None:
+            labels = torch.tensor([int(torch.randint(K, (), generator=g)) for g in rows.generators], dtype=torch.long)
+        else:
+            labels = torch.full((n,), int(label), dtype=torch.long)
+        z = model.code(z, labels.to(device))
+    return decode_texts(model, tokenizer, z, batch_size, rows, **decode_kwargs)

@@ -5,6 +5,7 @@ negative ELBO = reconstruction NLL + beta * KL(q(z|x) || N(0, I)), in nats per s
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -76,6 +77,62 @@ def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, log
         out["loss"] = out["loss"] + bow_weight * out["bow"]
     if position_logits is not None:
         out["position"] = reconstruction_nll(position_logits, targets, pad_id).mean()
+        out["loss"] = out["loss"] + position_weight * out["position"]
+    return out
+
+
+def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                         class_logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, row_labels: torch.Tensor,
+                         pad_id: int, beta: float = 1.0, free_bits: float = 0.0, classifier_weight: float = 0.0,
+                         bow_logits: Optional[torch.Tensor] = None, bow_weight: float = 0.0,
+                         bow_ignore: tuple[int, ...] = (), position_logits: Optional[torch.Tensor] = None,
+                         position_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """The semi-supervised objective of a label-conditional VAE (Kingma et al. 2014, M2), averaged
+    over the B sentences (nats per sentence).
+
+    A labelled sentence (``labels[i] >= 0``) contributes its conditional negative ELBO
+    -E_q(z|x,y)[log p(x|z,y)] + KL plus ``classifier_weight`` * -log q(y|x) (the alpha term: the
+    ELBO alone would not train the classifier on it). An unlabelled one contributes the
+    expectation of the conditional negative ELBO under q(y|x), summed exactly over the K labels,
+    minus the entropy of q(y|x). The uniform label prior adds the constant log K to the bound.
+
+    Args:
+        logits (E, T, V), mu, logvar (E, L): the decoded rows; row r is sentence ``rows[r]`` under
+            label ``row_labels[r]`` (see :class:`textvae.model.VAEOutput`).
+        targets (B, T); class_logits (B, K); labels (B,), -1 for unlabelled.
+        free_bits: the per-dimension floor of :func:`free_bits_kl`, on the q(y|x)-weighted KL.
+    Returns:
+        the dict of :func:`elbo_loss` (``rec`` and ``kl`` weighted by q(y|x) for unlabelled rows,
+        ``neg_elbo`` including the label terms), with ``classifier`` (mean -log q(y|x) over the
+        labelled sentences, 0 without any) and ``entropy`` (mean entropy of q(y|x) over the
+        unlabelled ones, 0 without any).
+    """
+    B, K = class_logits.shape
+    logq = class_logits.float().log_softmax(-1)  # (B, K)
+    labelled = labels >= 0
+    # a labelled sentence's one row counts fully; an unlabelled sentence's K rows by q(y=k|x)
+    w = torch.where(labelled[rows], torch.ones((), device=logq.device), logq[rows, row_labels.clamp_min(0)].exp())
+    row_targets = targets[rows]
+    rec = (w * reconstruction_nll(logits, row_targets, pad_id)).sum() / B
+    kl_w = w[:, None] * gaussian_kl(mu, logvar)  # (E, L)
+    kl = kl_w.sum() / B
+    per_dim = kl_w.sum(0) / B  # each dimension's KL averaged over the sentences, as in free_bits_kl
+    kl_obj = (per_dim.clamp_min(free_bits) if free_bits > 0 else per_dim).sum()
+    entropy = -(logq.exp() * logq).sum(-1)  # (B,)
+    unlabelled = (~labelled).float()
+    ent_term = (entropy * unlabelled).sum() / B
+    ce = -logq.gather(1, labels.clamp_min(0)[:, None]).squeeze(1) * labelled.float()  # (B,)
+    ce_term = ce.sum() / B
+    log_k = math.log(K)
+    out = {"loss": rec + beta * kl_obj - ent_term + classifier_weight * ce_term, "rec": rec, "kl": kl,
+           "kl_objective": kl_obj, "neg_elbo": rec + kl - ent_term + log_k,
+           "classifier": ce.sum() / labelled.sum().clamp_min(1),
+           "entropy": (entropy * unlabelled).sum() / unlabelled.sum().clamp_min(1)}
+    if bow_logits is not None:
+        out["bow"] = (w * bag_of_words_nll(bow_logits, row_targets, (pad_id, *bow_ignore))).sum() / B
+        out["loss"] = out["loss"] + bow_weight * out["bow"]
+    if position_logits is not None:
+        out["position"] = (w * reconstruction_nll(position_logits, row_targets, pad_id)).sum() / B
         out["loss"] = out["loss"] + position_weight * out["position"]
     return out
 

@@ -28,7 +28,7 @@ Adding a part means adding a class with the interface and one line in ENCODERS o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -46,6 +46,13 @@ class VAEOutput:
     z: torch.Tensor  # (B, L)
     bow_logits: Optional[torch.Tensor] = None  # (B, V) when the model has a bag-of-words head
     position_logits: Optional[torch.Tensor] = None  # (B, T, V) when the model has a positional head
+    # A label-conditional model (model.conditional 'label'; Kingma et al. 2014, M2) decodes E >= B
+    # rows: each labelled sentence once with its label, each unlabelled one once per label. logits,
+    # mu, logvar, z, bow_logits and position_logits then have E rows; row r is sentence rows[r]
+    # under label row_labels[r].
+    class_logits: Optional[torch.Tensor] = None  # (B, K) the classifier q(y|x)
+    rows: Optional[torch.Tensor] = None  # (E,) the sentence of each decoded row
+    row_labels: Optional[torch.Tensor] = None  # (E,) the label each row is decoded with
 
 
 # One layer's cache: keys and values (B, H, P, Dh), P = memory slot + tokens seen so far.
@@ -532,7 +539,8 @@ class SentenceVAE(nn.Module):
     it), ``encoder.*`` (``pos``, ``blocks.N``, ``ln``, or ``hf`` for a pretrained encoder),
     ``to_posterior``, ``decoder.*`` (``pos``, ``blocks.N``, ``ln``, ``z_to_memory``, ``z_to_embedding``;
     ``z_to_hidden``, ``rnn``, ``ln`` for the GRU; ``hf`` and the z projections for a pretrained
-    decoder), ``z_to_bow``.
+    decoder), ``z_to_bow``; a conditional model adds ``label_emb``, ``label_to_posterior`` and
+    ``classifier``.
     """
 
     def __init__(self, cfg: ModelConfig, pad_id: int = 0, pretrained_configs: Optional[dict] = None):
@@ -563,7 +571,22 @@ class SentenceVAE(nn.Module):
         if encoder_cls is not None:
             self.encoder = encoder_cls.build(cfg, tok_emb, pretrained_configs)  # -> states (B, S, H)
             self.to_posterior = nn.Linear(self.encoder.out_dim, 2 * L)  # -> (mu, logvar)
-        self.decoder: Decoder = decoder_cls.build(cfg, tok_emb, pretrained_configs)
+        self.conditional = cfg.conditional == "label"
+        if self.conditional and cfg.num_labels < 2:
+            raise ValueError("ModelConfig.num_labels must be set for a conditional model (take it from the data)")
+        # A conditional decoder reads the code [z; e_y] (z and the label's embedding) wherever an
+        # unconditional one reads z: the same injection points, L + label_dim wide.
+        dec_cfg = replace(cfg, latent_dim=L + cfg.label_dim) if self.conditional else cfg
+        self.decoder: Decoder = decoder_cls.build(dec_cfg, tok_emb, pretrained_configs)
+        if self.conditional:
+            # Kingma et al. 2014 (M2): the label embedding, read by the posterior q(z|x, y) (a
+            # label-dependent shift of its mean and log-variance) and by the decoder p(x|z, y),
+            # and the classifier q(y|x) on the encoder's summary.
+            K, E = cfg.num_labels, cfg.label_dim
+            self.label_emb = nn.Embedding(K, E)
+            self.label_to_posterior = nn.Linear(E, 2 * L, bias=False)
+            self.classifier = nn.Sequential(nn.Linear(self.encoder.out_dim, cfg.d_model), nn.GELU(),
+                                            nn.Linear(cfg.d_model, K))
         if not self.is_lm and cfg.bow_weight > 0:
             # Bag-of-words head (Zhao et al. 2017): z -> one distribution over the vocabulary
             # that every token of the sentence is scored under, whatever its position.
@@ -665,19 +688,52 @@ class SentenceVAE(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def encode(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """enc_ids, enc_mask (B, S) -> mu, logvar (B, L)."""
+    def encode(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor,
+               labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """enc_ids, enc_mask (B, S) -> mu, logvar (B, L).
+
+        A conditional model gives q(z|x, y) for ``labels`` (B,) label indices; without them, for
+        the label its classifier finds most likely."""
         if self.is_lm:
             empty = torch.zeros(enc_ids.shape[0], 0, device=enc_ids.device)
             return empty, empty
+        h = self.summary(enc_ids, enc_mask)
+        if self.conditional and labels is None:
+            labels = self.classifier(h).argmax(-1)
+        return self.posterior(h, labels)
+
+    def summary(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's sentence summary (B, H) that the posterior and the classifier read."""
         x = self.encoder(enc_ids, enc_mask)  # (B, S, H)
         if self.cfg.pooling == "cls":
-            h = x[:, 0]  # the bos position (or a pretrained encoder's [CLS]) acts as CLS
-        else:
-            m = enc_mask.unsqueeze(-1).to(x.dtype)
-            h = (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, H)
-        mu, logvar = self.to_posterior(h).chunk(2, dim=-1)
+            return x[:, 0]  # the bos position (or a pretrained encoder's [CLS]) acts as CLS
+        m = enc_mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, H)
+
+    def posterior(self, h: torch.Tensor, labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, L) of q(z|x) (q(z|x, y) for a conditional model) from summaries h (B, H)."""
+        out = self.to_posterior(h)
+        if self.conditional:
+            if labels is None:
+                raise ValueError("a conditional model's posterior needs the labels")
+            out = out + self.label_to_posterior(self.label_emb(labels))
+        mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar
+
+    def classify(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of the classifier q(y|x) of a conditional model."""
+        if not self.conditional:
+            raise ValueError("only a conditional model (model.conditional 'label') has a classifier")
+        return self.classifier(self.summary(enc_ids, enc_mask))
+
+    def code(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What the decoder reads: z itself, or for a conditional model [z; e_y] (B, L + label_dim)
+        with ``labels`` (B,) label indices."""
+        if not self.conditional:
+            return z
+        if labels is None:
+            raise ValueError("a conditional model decodes z with a label")
+        return torch.cat([z, self.label_emb(labels).to(z.dtype)], dim=-1)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -701,7 +757,7 @@ class SentenceVAE(nn.Module):
 
         Args:
             dec_in: (B, T) token ids.
-            z: (B, L) latent codes.
+            z: (B, L) latent codes (a conditional model's: (B, L + label_dim), from :meth:`code`).
             cache: the decoder's state after the z memory and earlier tokens (from :meth:`init_cache`
                 or an earlier call); None starts afresh.
             start: position of dec_in[:, 0] (the number of tokens already in the cache).
@@ -710,6 +766,8 @@ class SentenceVAE(nn.Module):
             logits (B, T, V) and the extended cache.
         """
         T = dec_in.shape[1]
+        if self.conditional and z.shape[-1] != self.cfg.latent_dim + self.cfg.label_dim:
+            raise ValueError("a conditional model decodes codes [z; e_y] from model.code(z, labels)")
         if start + T > self.cfg.max_len:
             raise ValueError(f"decoding past model.max_len={self.cfg.max_len}")
         if cache is None:
@@ -724,19 +782,48 @@ class SentenceVAE(nn.Module):
 
     def forward(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor, dec_in: torch.Tensor,
                 generator: Optional[torch.Generator] = None, sample: bool = True,
-                eps: Optional[torch.Tensor] = None) -> VAEOutput:
+                eps: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> VAEOutput:
         """enc_ids, enc_mask (B, S); dec_in (B, T) -> logits (B, T, V) with mu, logvar, z (B, L).
 
         ``sample=False`` decodes from the posterior mean instead of a sample; ``eps`` (B, L)
         gives the reparameterisation noise (the training loop draws it for the global batch,
-        so that DDP ranks use the noise one process would).
+        so that DDP ranks use the noise one process would). ``labels`` (B,): a conditional
+        model's label indices, -1 for an unlabelled row (see :class:`VAEOutput`).
         """
+        if self.conditional:
+            return self._forward_conditional(enc_ids, enc_mask, dec_in, labels, generator, sample, eps)
         mu, logvar = self.encode(enc_ids, enc_mask)
         z = self.reparameterize(mu, logvar, generator, eps) if sample else mu
         logits, _ = self.decode(dec_in, z)
         bow_logits = self.z_to_bow(z) if hasattr(self, "z_to_bow") else None
         pos_logits = self.positional_head(z, dec_in.shape[1]) if hasattr(self, "positional_head") else None
         return VAEOutput(logits, mu, logvar, z, bow_logits, pos_logits)
+
+    def _forward_conditional(self, enc_ids, enc_mask, dec_in, labels, generator, sample, eps) -> VAEOutput:
+        """The conditional model's training pass (Kingma et al. 2014, M2): labelled rows (label
+        >= 0) decoded once with their label, unlabelled rows (label < 0) once per label, so that
+        the loss can sum the conditional ELBO over q(y|x) exactly."""
+        B, K = enc_ids.shape[0], self.cfg.num_labels
+        if labels is None:
+            labels = torch.full((B,), -1, dtype=torch.long, device=enc_ids.device)
+        h = self.summary(enc_ids, enc_mask)
+        class_logits = self.classifier(h)
+        labelled = labels >= 0
+        counts = torch.where(labelled, 1, K)  # decoded rows per sentence, in sentence order
+        rows_t = torch.repeat_interleave(torch.arange(B, device=enc_ids.device), counts)
+        within = torch.arange(rows_t.shape[0], device=enc_ids.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        labels_t = torch.where(labelled[rows_t], labels[rows_t], within)
+        mu, logvar = self.posterior(h[rows_t], labels_t)
+        if sample:
+            if eps is None:
+                eps = torch.randn((B, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
+            z = self.reparameterize(mu, logvar, eps=eps[rows_t])  # a sentence's noise is shared by its labels
+        else:
+            z = mu
+        logits, _ = self.decode(dec_in[rows_t], self.code(z, labels_t))
+        bow_logits = self.z_to_bow(z) if hasattr(self, "z_to_bow") else None
+        pos_logits = self.positional_head(z, dec_in.shape[1]) if hasattr(self, "positional_head") else None
+        return VAEOutput(logits, mu, logvar, z, bow_logits, pos_logits, class_logits, rows_t, labels_t)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -7,13 +7,14 @@ endpoint:
 
     GET  /                  the page
     GET  /api/info          checkpoint, latent size, labels, input limits
-    POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0}          -> {"sentences": [...]}
+    POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0[, "label": "web"]} -> {"sentences": [...]}
     POST /api/interpolate   {"a": "...", "b": "...", "steps": 9, "method": "slerp"}
                                                                              -> {"path": [{"t", "text"}...]}
     POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff"}
                                                                              -> {"output": "...", "alpha": 1.5}
 
-The transfer's method defaults to :data:`SLIDER_METHOD` and its alpha to that method's
+A label-conditional model (model.conditional 'label') also takes a sample's ``label`` and the
+transfer method ``relabel``. The transfer's method defaults to :data:`SLIDER_METHOD` and its alpha to that method's
 ``textvae.transfer.DEFAULT_ALPHA``; ``/api/info`` reports both.
 
 Bad input (malformed or too deeply nested JSON, a missing or empty sentence, one over
@@ -95,15 +96,20 @@ class Demo:
         return {"checkpoint": name, "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
                 "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": SLIDER_METHOD,
-                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD]}
+                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD], "conditional": self.vae.conditional}
 
     def sample(self, body: dict[str, Any]) -> dict[str, Any]:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
         seed = _int(body, "seed", 0, 0, 2**31 - 1)
         temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
+        label = None
+        if body.get("label") is not None:  # a label-conditional model writes in this label's style
+            if not self.vae.conditional:
+                raise DemoError("this checkpoint is not label-conditional: it samples without a label")
+            label = _choice(body, "label", None, self.vae.label_names, what="label")
         with self.lock:
-            texts = self.vae.sample(n, seed=seed, temperature=temperature)
-        return {"sentences": texts, "seed": seed}
+            texts = self.vae.sample(n, seed=seed, temperature=temperature, label=label)
+        return {"sentences": texts, "seed": seed, "label": label}
 
     def interpolate(self, body: dict[str, Any]) -> dict[str, Any]:
         a, b = _sentence(body, "a"), _sentence(body, "b")
@@ -124,7 +130,8 @@ class Demo:
         target = _choice(body, "target", None, self.labels, what="label")
         if source == target:
             raise DemoError(f"source and target are the same label ({source!r})")
-        method = _choice(body, "method", SLIDER_METHOD, ("mean-diff", "project"))
+        methods = ("mean-diff", "project", "relabel") if self.vae.conditional else ("mean-diff", "project")
+        method = _choice(body, "method", SLIDER_METHOD, methods)
         alpha = _number(body, "alpha", DEFAULT_ALPHA[method], -MAX_ALPHA, MAX_ALPHA)
         with self.lock:
             out = self.vae.transfer([text], source, target, alpha=alpha, method=method)[0]

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -31,11 +32,11 @@ from textvae import distributed
 from textvae.config import Config, apply_overrides, from_dict, load_config
 from textvae.data import BucketBatcher, Corpus, collate, prepare_split, read_training_texts
 from textvae.distributed import DistInfo
-from textvae.errors import CheckpointError, ConfigError, OptionError, TextVAEError
+from textvae.errors import CheckpointError, ConfigError, DataError, OptionError, TextVAEError
 from textvae.evaluate import evaluate_elbo
 from textvae.files import FolderLock, atomic_write, fault_point
 from textvae.generate import sample
-from textvae.losses import elbo_loss, word_dropout
+from textvae.losses import elbo_loss, semi_supervised_loss, word_dropout
 from textvae.model import SentenceVAE
 from textvae.schedules import kl_weight, learning_rate, word_dropout_rate
 from textvae.tokenizer import Tokenizer, build_tokenizer
@@ -283,6 +284,8 @@ def setup(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingRun
     tok = saved.tokenizer if saved is not None else build_run_tokenizer(cfg, stream, dist)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))  # (a resumed run has it already)
     batches, train_set, valid_set, label_names, data_desc = build_data(cfg, tok, stream, dist)
+    if cfg.model.conditional != "none":
+        cfg = replace(cfg, model=replace(cfg.model, num_labels=check_num_labels(cfg.model.num_labels, label_names)))
     model, ddp_model, train_model, optimizer = build_model(cfg, saved, tok, device, dist)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     run = TrainingRun(cfg, out_dir, device, precision, dist, tok, batches, train_set, valid_set, label_names,
@@ -294,6 +297,18 @@ def setup(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingRun
              f", {dist.world_size} processes" if dist.enabled else "", data_desc)
     _open_metrics(run, resumed=state is not None)
     return run
+
+
+def check_num_labels(configured: int, label_names: list[str]) -> int:
+    """The number of labels of a conditional model: the training data's (at least 2), which a
+    configured (or resumed) ``model.num_labels`` must match."""
+    if len(label_names) < 2:
+        raise DataError(f"a conditional model needs at least 2 labels in the training data, found "
+                        f"{len(label_names)} ({', '.join(label_names) or 'none'})")
+    if configured and configured != len(label_names):
+        raise ConfigError(f"model.num_labels is {configured} but the training data has {len(label_names)} labels "
+                          f"({', '.join(label_names)})")
+    return len(label_names)
 
 
 def restore_checkpoint(cfg: Config, out_dir: Path,
@@ -375,6 +390,7 @@ def build_data(cfg: Config, tok: Tokenizer, stream: Optional[StreamingCorpus], d
     """
     dc = cfg.data
     max_tokens = cfg.model.max_len
+    conditional = cfg.model.conditional != "none"
     common = dict(text_column=dc.text_column, label_column=dc.label_column, min_words=dc.min_words,
                   max_words=dc.max_words, num_proc=dc.num_proc)
     valid_set: Optional[Corpus] = None
@@ -383,7 +399,10 @@ def build_data(cfg: Config, tok: Tokenizer, stream: Optional[StreamingCorpus], d
             # streaming: the sample stands in for the corpus (label names, attribute vectors)
             train_set, label_names = stream.sample_corpus(dc.streaming_sample, tok, max_tokens)
         else:
-            train_set, label_names = prepare_split(dc.train, dc.train_split, tok, max_tokens, name="train", **common)
+            train_set, label_names = prepare_split(dc.train, dc.train_split, tok, max_tokens, name="train",
+                                                   allow_unlabelled=conditional, **common)
+            if conditional:
+                train_set = keep_label_fraction(train_set, dc.label_fraction, cfg.train.seed, dc.train)
         if dc.valid and dist.is_main:  # only rank 0 validates
             valid_set, _ = prepare_split(dc.valid, dc.valid_split, tok, max_tokens, label_names=label_names or None,
                                          name="valid", **common)
@@ -391,13 +410,35 @@ def build_data(cfg: Config, tok: Tokenizer, stream: Optional[StreamingCorpus], d
         batches = functools.partial(stream.batches, tok, max_tokens, dc.batch_size, dc.bucket_size)
         return batches, train_set, valid_set, label_names, f"streaming {dc.train}"
     batcher = BucketBatcher([len(x) for x in train_set.ids], dc.batch_size, dc.bucket_size, seed=cfg.train.seed)
-    return (functools.partial(_corpus_batches, batcher, train_set), train_set, valid_set, label_names,
-            f"{len(train_set)} training sentences, {len(batcher)} batches per epoch")
+    desc = f"{len(train_set)} training sentences, {len(batcher)} batches per epoch"
+    if conditional:
+        n_lab = sum(y >= 0 for y in train_set.labels)
+        desc += f", {n_lab} labelled ({100 * n_lab / len(train_set):.1f}%), labels {', '.join(label_names)}"
+    return (functools.partial(_corpus_batches, batcher, train_set, conditional), train_set, valid_set, label_names,
+            desc)
 
 
-def _corpus_batches(batcher: BucketBatcher, corpus: Corpus, epoch: int, position: int) -> Batches:
+def keep_label_fraction(corpus: Corpus, fraction: float, seed: int, source: str) -> Corpus:
+    """The corpus with the labels of ``fraction`` of its labelled rows kept (chosen with ``seed``)
+    and the others unlabelled (-1); an error when no labelled row is left."""
+    labelled = [i for i, y in enumerate(corpus.labels) if y >= 0]
+    keep = set(labelled)
+    if fraction < 1.0:
+        keep = set(random.Random(seed).sample(labelled, round(fraction * len(labelled))))
+    if not keep:
+        raise DataError(f"{source}: no labelled training rows left (data.label_fraction={fraction} of "
+                        f"{len(labelled)} labelled rows); a conditional model needs some labels")
+    labels = [y if i in keep else -1 for i, y in enumerate(corpus.labels)]
+    return Corpus(corpus.texts, corpus.ids, labels)
+
+
+def _corpus_batches(batcher: BucketBatcher, corpus: Corpus, labelled: bool, epoch: int, position: int) -> Batches:
+    """The batches of token-id lists, or of (ids, label index) pairs with ``labelled`` (-1: no label)."""
     for e, p, idx in batcher.iterate(epoch, position):
-        yield e, p, [corpus.ids[i] for i in idx]
+        if labelled:
+            yield e, p, [(corpus.ids[i], corpus.labels[i]) for i in idx]
+        else:
+            yield e, p, [corpus.ids[i] for i in idx]
 
 
 def build_model(cfg: Config, saved: Optional[ckpt.Loaded], tok: Tokenizer, device: torch.device, dist: DistInfo
@@ -489,6 +530,10 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
     stats = StepStats(beta, p_drop, lr, sums=_loss_sums(run))
     for micro in range(tc.grad_accum):
         run.epoch, run.position, seqs = distributed.next_global_batch(batches, run.dist)
+        labels = None
+        if run.model.conditional:  # (ids, label) pairs, -1 for an unlabelled row
+            labels = torch.tensor(distributed.shard([y for _, y in seqs], run.dist), device=run.device)
+            seqs = [x for x, _ in seqs]
         b = collate(distributed.shard(seqs, run.dist), tok).to(run.device)
         stats.tokens += b.n_tokens
         stats.sentences += b.enc_ids.shape[0]
@@ -498,12 +543,8 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
         # DDP: gradients are averaged over the ranks once per optimiser step, not per micro-batch.
         with distributed.no_sync(run.ddp_model, run.dist, sync=micro == tc.grad_accum - 1):
             with run.amp:
-                out = run.train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps)
-            # rec + beta * KL, the KL with free bits (Kingma et al. 2016), + bag-of-words (Zhao et al.
-            # 2017) and positional auxiliary losses
-            terms = elbo_loss(out.logits, b.targets, out.mu, out.logvar, tok.pad_id, beta, tc.kl.free_bits,
-                              out.bow_logits, cfg.model.bow_weight, (tok.eos_id,),
-                              out.position_logits, cfg.model.position_weight)
+                out = run.train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps, labels=labels)
+            terms = objective(run, out, b.targets, labels, beta)
             run.scaler.scale(terms["loss"] / tc.grad_accum).backward()
         # one device-to-host copy for all logged terms, not one sync per term
         for k, v in zip(stats.sums, torch.stack([terms[k].detach() for k in stats.sums]).tolist()):
@@ -513,12 +554,30 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
     return stats
 
 
+def objective(run: TrainingRun, out: Any, targets: torch.Tensor, labels: Optional[torch.Tensor],
+              beta: float) -> dict[str, torch.Tensor]:
+    """The loss terms of one micro-batch: rec + beta * KL, the KL with free bits (Kingma et al.
+    2016), + the bag-of-words (Zhao et al. 2017) and positional auxiliary losses; for a
+    conditional model, summed over q(y|x) on unlabelled rows (Kingma et al. 2014)."""
+    mc, kl, tok = run.cfg.model, run.cfg.train.kl, run.tok
+    if labels is not None:
+        return semi_supervised_loss(out.logits, targets, out.mu, out.logvar, out.class_logits, labels, out.rows,
+                                    out.row_labels, tok.pad_id, beta, kl.free_bits, mc.classifier_weight,
+                                    out.bow_logits, mc.bow_weight, (tok.eos_id,), out.position_logits,
+                                    mc.position_weight)
+    return elbo_loss(out.logits, targets, out.mu, out.logvar, tok.pad_id, beta, kl.free_bits, out.bow_logits,
+                     mc.bow_weight, (tok.eos_id,), out.position_logits, mc.position_weight)
+
+
 def _loss_sums(run: TrainingRun) -> dict[str, float]:
     sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "kl_objective": 0.0}
     if run.cfg.model.bow_weight > 0 and not run.model.is_lm:
         sums["bow"] = 0.0
     if run.cfg.model.position_weight > 0 and not run.model.is_lm:
         sums["position"] = 0.0
+    if run.model.conditional:
+        sums["classifier"] = 0.0
+        sums["entropy"] = 0.0
     return sums
 
 

@@ -10,6 +10,11 @@ means is the transfer direction of Shen et al. 2020) and decodes the result:
     closest     'mean-diff' at alpha/n ... alpha, each decoded once with the chosen strategy and
                 ``samples`` times by nucleus sampling; of the outputs the judge accepts, the one
                 with the highest sentence BLEU against the source
+    relabel     a label-conditional model only (Kingma et al. 2014): z encoded under the source
+                label, decoded with the target label (plus alpha (target - source), default 0)
+
+A label-conditional model encodes every input under the source label and decodes every
+candidate of every method with the target label.
 
 The tensor arithmetic is :mod:`textvae.latent`'s; the style classifiers (scorer and judge) and
 the scores are :mod:`textvae.style`'s; this module decides which candidates to decode, how to
@@ -34,13 +39,13 @@ from textvae.errors import DataError, InputError
 
 log = logging.getLogger("textvae")
 
-METHODS = ("mean-diff", "project", "search", "closest")
+METHODS = ("mean-diff", "project", "search", "closest", "relabel")
 DEFAULT_METHOD = "closest"
 """The default method: the best by GM(style accuracy, ref-BLEU) in both directions on the
 validation books with the default model (docs/transfer_methods_valid.md). It decodes
 SEARCH_CANDIDATES x (CLOSEST_SAMPLES + 1) candidates per sentence, so 'mean-diff' (one decode)
 is the fast choice and the web demo's."""
-DEFAULT_ALPHA = {"mean-diff": 2.0, "project": 2.0, "search": 4.0, "closest": 3.0}
+DEFAULT_ALPHA = {"mean-diff": 2.0, "project": 2.0, "search": 4.0, "closest": 3.0, "relabel": 0.0}
 """Default strength per method, the best of a sweep on the validation books with the default
 model; for 'search' and 'closest' it is the largest strength tried."""
 JUDGES = ("auto", "char", "latent", "classifier")
@@ -114,7 +119,32 @@ def check_labels(attrs: latent.Attributes, source: str, target: str) -> tuple[to
     return s, t
 
 
-def transfer(codec: Codec, attrs: latent.Attributes, texts: list[str], source: str, target: str,
+def needed_attributes(codec: Any, opts: Options, source: str, target: str) -> Optional[latent.Attributes]:
+    """The attribute vectors a transfer needs, its labels checked: None for 'relabel' at strength 0
+    (which needs only a conditional model that knows both labels)."""
+    if opts.method == "relabel":
+        check_conditional(codec)
+        if opts.strength() == 0:
+            codec.label_index(source, "--from")
+            codec.label_index(target, "--to")
+            if source == target:
+                raise InputError(f"the source and target labels are the same ({source!r})")
+            return None
+    attrs = codec.require_attributes()
+    check_labels(attrs, source, target)
+    if getattr(codec, "conditional", False):
+        codec.label_index(source, "--from")
+        codec.label_index(target, "--to")
+    return attrs
+
+
+def check_conditional(codec: Any) -> None:
+    if not getattr(codec, "conditional", False):
+        raise InputError("--method relabel needs a label-conditional model (trained with --set "
+                         "model.conditional=label); this one is unconditional: use mean-diff, project, search or closest")
+
+
+def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str], source: str, target: str,
              opts: Options = Options(), **decode_kwargs: Any) -> Transferred:
     """Rewrite ``texts`` (normalised, non-empty) from the ``source`` label's style into the ``target``'s.
 
@@ -129,17 +159,29 @@ def transfer(codec: Codec, attrs: latent.Attributes, texts: list[str], source: s
         decode_kwargs: passed to :func:`textvae.generate.decode` (top_p, beam_size, no_repeat_ngram...).
     """
     alpha = opts.strength()
-    s, t = check_labels(attrs, source, target)
     if opts.method in ("search", "closest") and opts.candidates < 1:
         raise InputError("--candidates must be at least 1")
     if opts.method == "closest" and opts.samples < 0:
         raise InputError("--samples must be at least 0")
+    if opts.method == "relabel":
+        check_conditional(codec)
+    seeds = sentence_seeds(texts, opts.seed)  # a sentence's output does not depend on its batch
+    if getattr(codec, "conditional", False):
+        # Kingma et al. 2014: z from q(z|x, y = source); every candidate decoded with y = target
+        mu, _ = codec.encode_texts(texts, labels=source)
+        decode_kwargs = {**decode_kwargs, "labels": target}
+    else:
+        mu, _ = codec.encode_texts(texts)
+    if opts.method == "relabel" and alpha == 0:
+        return Transferred(codec.decode(mu, opts.strategy, seeds, **decode_kwargs), torch.zeros(len(mu)))
+    if attrs is None:
+        raise InputError(f"the {opts.method} transfer at strength {alpha:g} needs attribute vectors")
+    s, t = check_labels(attrs, source, target)
     device = _device_of(codec)
     s, t = s.to(device), t.to(device)
-    mu, _ = codec.encode_texts(texts)
-    seeds = sentence_seeds(texts, opts.seed)  # a sentence's output does not depend on its batch
-    if opts.method in ("mean-diff", "project"):
-        z = latent.transfer(mu, s, t, alpha, opts.method)
+    if opts.method in ("mean-diff", "project", "relabel"):
+        # (relabel at alpha != 0: the relabelled code also moved along the attribute vectors)
+        z = latent.transfer(mu, s, t, alpha, "mean-diff" if opts.method == "relabel" else opts.method)
         return Transferred(codec.decode(z, opts.strategy, seeds, **decode_kwargs), torch.full((len(mu),), alpha))
     if opts.method == "closest" and alpha == 0:  # no move: the reconstruction, as for every method
         return Transferred(codec.decode(mu, opts.strategy, seeds, **decode_kwargs), torch.zeros(len(mu)))
@@ -272,9 +314,12 @@ def corpus_attributes(model: Any, corpus: Any, tok: Any, label_names: Sequence[s
 
     if corpus.labels is None:
         raise ValueError("the corpus has no labels")
-    mu, _ = posterior_params(model, corpus.ids, tok, batch_size=256)
-    means, counts = latent.attribute_vectors(mu, torch.as_tensor(corpus.labels), len(label_names))
-    full = {"sentences": len(corpus), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
+    keep = [i for i, y in enumerate(corpus.labels) if y >= 0]  # unlabelled rows (-1) have no say
+    ids, labels = [corpus.ids[i] for i in keep], torch.as_tensor([corpus.labels[i] for i in keep])
+    # a conditional model: q(z|x, y) under each row's own label
+    mu, _ = posterior_params(model, ids, tok, batch_size=256, labels=labels if model.conditional else None)
+    means, counts = latent.attribute_vectors(mu, labels, len(label_names))
+    full = {"sentences": len(keep), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
             **(info or {})}
     return latent.Attributes(list(label_names), means.cpu(), counts.cpu(), full)
 
