@@ -279,3 +279,33 @@ def test_the_demo_samples_by_label_and_transfers_by_relabelling(conditional_run,
         plain.sample({"n": 1, "label": "web"})
     with pytest.raises(DemoError):
         plain.transfer({"text": S, "source": "kjv", "target": "web", "method": "relabel"})
+
+
+def test_the_adversary_term_is_its_cross_entropy_and_its_gradient_is_reversed_into_the_encoder():
+    from textvae.model import _GradReverse
+
+    t = _terms(K=2, labels=(1, -1, 0, -1))
+    adv = torch.randn(t["rows"].shape[0], 2)
+    base = semi_supervised_loss(**t, pad_id=0)
+    out = semi_supervised_loss(**t, pad_id=0, adversary_logits=adv, adversary_weight=2.0)
+    q = t["class_logits"].softmax(-1)
+    guess = torch.where(t["labels"] >= 0, t["labels"], q.argmax(-1))[t["rows"]]
+    w = torch.where(t["labels"][t["rows"]] >= 0, torch.ones(()), q[t["rows"], t["row_labels"]])
+    ref = (w * torch.nn.functional.cross_entropy(adv, guess, reduction="none")).sum() / 4
+    assert out["adversary"].item() == pytest.approx(ref.item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 2.0 * ref.item(), rel=1e-6)
+    x = torch.randn(3, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 2)
+    head(x).sum().backward()
+    straight = x.grad.clone()
+    x.grad = None
+    head(_GradReverse.apply(x)).sum().backward()
+    assert torch.allclose(x.grad, -straight)
+
+
+def test_a_conditional_model_with_an_adversary_trains(tmp_path, partly_labelled):
+    out = tmp_path / "adv"
+    train(tiny_config([f"data.train={partly_labelled}", "model.conditional=label", "model.adversary_weight=1.0",
+                       "train.max_steps=6", "train.eval_every=0", "train.save_every=0"]), out)
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x][-1]
+    assert last["adversary"] > 0 and math.isfinite(last["loss"])

@@ -123,6 +123,11 @@ class ModelConfig:
     classifier_weight: float = 20.0
     """Weight alpha of the classification loss -log q(y|x) on labelled rows, in nats per sentence
     (Kingma et al. 2014's alpha): the ELBO alone does not train the classifier on labelled rows."""
+    adversary_weight: float = 0.0
+    """Conditional models: weight of an adversary that predicts a sentence's label from its
+    posterior mean, trained through a gradient-reversal layer so that the encoder learns to keep
+    the label out of z (John et al. 2019; Ganin & Lempitsky 2015). Without it z carries the style
+    as well as the label does, and the decoder reads the style from z and ignores the label. 0 disables."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -136,6 +141,8 @@ class ModelConfig:
             raise ConfigError(f"model.label_dim must be at least 1, got {self.label_dim}")
         if not math.isfinite(self.classifier_weight) or self.classifier_weight < 0:
             raise ConfigError(f"model.classifier_weight must be >= 0, got {self.classifier_weight}")
+        if not math.isfinite(self.adversary_weight) or self.adversary_weight < 0:
+            raise ConfigError(f"model.adversary_weight must be >= 0, got {self.adversary_weight}")
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a positive multiple of model.n_heads ({self.n_heads})")
         if self.enc_layers < 1 or self.dec_layers < 1:

@@ -86,7 +86,8 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
                          pad_id: int, beta: float = 1.0, free_bits: float = 0.0, classifier_weight: float = 0.0,
                          bow_logits: Optional[torch.Tensor] = None, bow_weight: float = 0.0,
                          bow_ignore: tuple[int, ...] = (), position_logits: Optional[torch.Tensor] = None,
-                         position_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                         position_weight: float = 0.0, adversary_logits: Optional[torch.Tensor] = None,
+                         adversary_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The semi-supervised objective of a label-conditional VAE (Kingma et al. 2014, M2), averaged
     over the B sentences (nats per sentence).
 
@@ -105,7 +106,10 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
         the dict of :func:`elbo_loss` (``rec`` and ``kl`` weighted by q(y|x) for unlabelled rows,
         ``neg_elbo`` including the label terms), with ``classifier`` (mean -log q(y|x) over the
         labelled sentences, 0 without any) and ``entropy`` (mean entropy of q(y|x) over the
-        unlabelled ones, 0 without any).
+        unlabelled ones, 0 without any); with ``adversary_logits`` (E, K), ``adversary``: the
+        adversary's cross-entropy against each sentence's label (its own, or the classifier's
+        most likely for an unlabelled one), rows weighted as the ELBO's, added times
+        ``adversary_weight`` (the model reverses its gradient into the encoder).
     """
     B, K = class_logits.shape
     logq = class_logits.float().log_softmax(-1)  # (B, K)
@@ -128,6 +132,11 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
            "kl_objective": kl_obj, "neg_elbo": rec + kl - ent_term + log_k,
            "classifier": ce.sum() / labelled.sum().clamp_min(1),
            "entropy": (entropy * unlabelled).sum() / unlabelled.sum().clamp_min(1)}
+    if adversary_logits is not None:
+        guess = torch.where(labelled, labels, logq.argmax(-1).detach())[rows]
+        adv = F.cross_entropy(adversary_logits.float(), guess, reduction="none")
+        out["adversary"] = (w.detach() * adv).sum() / B
+        out["loss"] = out["loss"] + adversary_weight * out["adversary"]
     if bow_logits is not None:
         out["bow"] = (w * bag_of_words_nll(bow_logits, row_targets, (pad_id, *bow_ignore))).sum() / B
         out["loss"] = out["loss"] + bow_weight * out["bow"]

@@ -51,6 +51,7 @@ class VAEOutput:
     # mu, logvar, z, bow_logits and position_logits then have E rows; row r is sentence rows[r]
     # under label row_labels[r].
     class_logits: Optional[torch.Tensor] = None  # (B, K) the classifier q(y|x)
+    adversary_logits: Optional[torch.Tensor] = None  # (E, K) the label read back from mu, through gradient reversal
     rows: Optional[torch.Tensor] = None  # (E,) the sentence of each decoded row
     row_labels: Optional[torch.Tensor] = None  # (E,) the label each row is decoded with
 
@@ -504,6 +505,19 @@ DECODERS: dict[str, type[Decoder]] = {
 # ---------------------------------------------------------------------------- the model
 
 
+class _GradReverse(torch.autograd.Function):
+    """Identity forward, negated gradient backward (Ganin & Lempitsky 2015): what minimises the
+    adversary's loss behind it maximises that loss for the layers in front."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
 class PositionalHead(nn.Module):
     """A non-autoregressive reading of z: the logits of the token at each position t from z and
     t's embedding alone, h_t = LN(W2 GELU(W1 z + P_t)), logits_t = h_t E^T (E the tied token
@@ -587,6 +601,10 @@ class SentenceVAE(nn.Module):
             self.label_to_posterior = nn.Linear(E, 2 * L, bias=False)
             self.classifier = nn.Sequential(nn.Linear(self.encoder.out_dim, cfg.d_model), nn.GELU(),
                                             nn.Linear(cfg.d_model, K))
+            if cfg.adversary_weight > 0:
+                # John et al. 2019: an adversary reads the label from z through a gradient-reversal
+                # layer (Ganin & Lempitsky 2015), so the encoder learns to leave the label to y.
+                self.adversary = nn.Sequential(nn.Linear(L, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, K))
         if not self.is_lm and cfg.bow_weight > 0:
             # Bag-of-words head (Zhao et al. 2017): z -> one distribution over the vocabulary
             # that every token of the sentence is scored under, whatever its position.
@@ -823,7 +841,8 @@ class SentenceVAE(nn.Module):
         logits, _ = self.decode(dec_in[rows_t], self.code(z, labels_t))
         bow_logits = self.z_to_bow(z) if hasattr(self, "z_to_bow") else None
         pos_logits = self.positional_head(z, dec_in.shape[1]) if hasattr(self, "positional_head") else None
-        return VAEOutput(logits, mu, logvar, z, bow_logits, pos_logits, class_logits, rows_t, labels_t)
+        adv = self.adversary(_GradReverse.apply(mu)) if hasattr(self, "adversary") else None
+        return VAEOutput(logits, mu, logvar, z, bow_logits, pos_logits, class_logits, adv, rows_t, labels_t)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -96,7 +96,7 @@ class Demo:
         return {"checkpoint": name, "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
                 "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": SLIDER_METHOD,
-                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD], "conditional": self.vae.conditional}
+                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD], "conditional": bool(getattr(self.vae, "conditional", False))}
 
     def sample(self, body: dict[str, Any]) -> dict[str, Any]:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
@@ -104,11 +104,12 @@ class Demo:
         temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
         label = None
         if body.get("label") is not None:  # a label-conditional model writes in this label's style
-            if not self.vae.conditional:
+            if not getattr(self.vae, "conditional", False):
                 raise DemoError("this checkpoint is not label-conditional: it samples without a label")
             label = _choice(body, "label", None, self.vae.label_names, what="label")
         with self.lock:
-            texts = self.vae.sample(n, seed=seed, temperature=temperature, label=label)
+            extra = {"label": label} if label is not None else {}
+            texts = self.vae.sample(n, seed=seed, temperature=temperature, **extra)
         return {"sentences": texts, "seed": seed, "label": label}
 
     def interpolate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class Demo:
         target = _choice(body, "target", None, self.labels, what="label")
         if source == target:
             raise DemoError(f"source and target are the same label ({source!r})")
-        methods = ("mean-diff", "project", "relabel") if self.vae.conditional else ("mean-diff", "project")
+        methods = ("mean-diff", "project", "relabel") if getattr(self.vae, "conditional", False) else ("mean-diff", "project")
         method = _choice(body, "method", SLIDER_METHOD, methods)
         alpha = _number(body, "alpha", DEFAULT_ALPHA[method], -MAX_ALPHA, MAX_ALPHA)
         with self.lock:

@@ -558,13 +558,14 @@ def objective(run: TrainingRun, out: Any, targets: torch.Tensor, labels: Optiona
               beta: float) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch: rec + beta * KL, the KL with free bits (Kingma et al.
     2016), + the bag-of-words (Zhao et al. 2017) and positional auxiliary losses; for a
-    conditional model, summed over q(y|x) on unlabelled rows (Kingma et al. 2014)."""
+    conditional model, summed over q(y|x) on unlabelled rows (Kingma et al. 2014), with the
+    classifier's and the adversary's terms."""
     mc, kl, tok = run.cfg.model, run.cfg.train.kl, run.tok
     if labels is not None:
         return semi_supervised_loss(out.logits, targets, out.mu, out.logvar, out.class_logits, labels, out.rows,
                                     out.row_labels, tok.pad_id, beta, kl.free_bits, mc.classifier_weight,
                                     out.bow_logits, mc.bow_weight, (tok.eos_id,), out.position_logits,
-                                    mc.position_weight)
+                                    mc.position_weight, out.adversary_logits, mc.adversary_weight)
     return elbo_loss(out.logits, targets, out.mu, out.logvar, tok.pad_id, beta, kl.free_bits, out.bow_logits,
                      mc.bow_weight, (tok.eos_id,), out.position_logits, mc.position_weight)
 
@@ -578,6 +579,8 @@ def _loss_sums(run: TrainingRun) -> dict[str, float]:
     if run.model.conditional:
         sums["classifier"] = 0.0
         sums["entropy"] = 0.0
+        if hasattr(run.model, "adversary"):
+            sums["adversary"] = 0.0
     return sums
 
 
