@@ -269,13 +269,15 @@ def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     lv_all = torch.empty(len(ids), L, device=device)
     was_training = model.training
     model.eval()
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     # Sorting by length keeps padding (wasted encoder work) small; rows go back to input order.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = collate([ids[i] for i in idx], tok)
         where = torch.as_tensor(idx, device=device)
-        lab = None if labels is None else torch.as_tensor(labels, device=device)[where]
+        lab = None if labels is None else labels[where]
         mu, logvar = model.encode(b.enc_ids.to(device), b.enc_mask.to(device), lab)
         mu_all[where] = mu.float()
         lv_all[where] = logvar.float()
