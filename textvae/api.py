@@ -150,26 +150,25 @@ class TextVAE:
 
     def classify(self, sentences: Sentences) -> list[dict[str, Any]]:
         """The classifier q(y|x) of a conditional model: per sentence {text, label, prob, probs}."""
-        from textvae.evaluate import predict_labels
-
         if not self.conditional:
             raise InputError("classify needs a label-conditional model (trained with --set model.conditional=label); "
                              "this one is unconditional")
         texts = check_sentences(sentences)
-        ids, _ = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
-        probs = predict_labels(self.model, ids, self.tokenizer, self.batch_size).cpu()
+        probs = self._label_probs(texts).cpu()
         names = self.label_names
         return [{"text": t, "label": names[int(p.argmax())], "prob": float(p.max()),
                  "probs": {n: float(v) for n, v in zip(names, p.tolist())}} for t, p in zip(texts, probs)]
 
     def predicted_labels(self, texts: list[str]) -> Optional[torch.Tensor]:
         """The classifier's most likely label index per text (None for an unconditional model)."""
+        return self._label_probs(texts).argmax(-1) if self.conditional else None
+
+    def _label_probs(self, texts: list[str]) -> torch.Tensor:
+        """q(y|x) (N, K) of a conditional model for checked texts."""
         from textvae.evaluate import predict_labels
 
-        if not self.conditional:
-            return None
         ids, _ = prepare_ids(self.tokenizer, texts, self.model.cfg.max_len)
-        return predict_labels(self.model, ids, self.tokenizer, self.batch_size).argmax(-1)
+        return predict_labels(self.model, ids, self.tokenizer, self.batch_size)
 
     # ------------------------------------------------------------------ text <-> z
 

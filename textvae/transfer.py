@@ -124,17 +124,15 @@ def needed_attributes(codec: Any, opts: Options, source: str, target: str) -> Op
     (which needs only a conditional model that knows both labels)."""
     if opts.method == "relabel":
         check_conditional(codec)
-        if opts.strength() == 0:
-            codec.label_index(source, "--from")
-            codec.label_index(target, "--to")
-            if source == target:
-                raise InputError(f"the source and target labels are the same ({source!r})")
-            return None
-    attrs = codec.require_attributes()
-    check_labels(attrs, source, target)
     if getattr(codec, "conditional", False):
         codec.label_index(source, "--from")
         codec.label_index(target, "--to")
+    if opts.method == "relabel" and opts.strength() == 0:
+        if source == target:
+            raise InputError(f"the source and target labels are the same ({source!r})")
+        return None
+    attrs = codec.require_attributes()
+    check_labels(attrs, source, target)
     return attrs
 
 
