@@ -126,6 +126,120 @@ def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
                         judge=only_full) == full
 
 
+def test_token_nll_matches_step_by_step_decoding(vae):
+    """The teacher-forced per-token NLL equals the sum of the decoder's step-by-step log-probabilities."""
+    z, _ = vae.encode(SENTENCES)
+    got = vae.token_nll(z, SENTENCES)
+    for i, text in enumerate(SENTENCES):
+        ids = vae.tokenizer.encode(text) + [vae.tokenizer.eos_id]
+        prev, cache, total = vae.tokenizer.bos_id, None, 0.0
+        with torch.no_grad():
+            for pos, target in enumerate(ids):
+                logits, cache = vae.model.decode(torch.tensor([[prev]]), z[i : i + 1], cache, start=pos)
+                total -= float(logits[0, -1].float().log_softmax(-1)[target])
+                prev = target
+        assert abs(float(got[i]) - total / len(ids)) < 1e-4
+    with pytest.raises(InputError, match="one code per text"):
+        vae.token_nll(z[:2], SENTENCES)
+
+
+def _guarded(vae, **kw):
+    """closest at alpha 6 over two strengths, every candidate taken by the judge."""
+    everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
+    return vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=3,
+                                 judge=everything, **kw)
+
+
+def test_fluency_guard_never_chooses_a_candidate_less_likely_than_the_input(vae):
+    from textvae import latent
+
+    z, _ = vae.encode(SENTENCES)
+    s, t = vae.attributes.vector("kjv"), vae.attributes.vector("web")
+    full = vae.decode(latent.transfer_mean_diff(z, s, t, 6.0))  # the fallback when nothing passes
+    floor = vae.token_nll(z, SENTENCES)
+    unguarded = _guarded(vae, fluency=None)
+    for margin in (0.0, 0.5):
+        out = _guarded(vae, fluency=margin)
+        for i, (o, a) in enumerate(zip(out.texts, out.alphas.tolist())):
+            if o == full[i] and a == 6.0:
+                continue
+            code = latent.transfer_mean_diff(z[i : i + 1], s, t, a)
+            assert float(vae.token_nll(code, [o])[0]) <= float(floor[i]) + margin + 1e-4
+    assert len(unguarded.texts) == len(SENTENCES)
+    with pytest.raises(InputError, match="fluency"):
+        _guarded(vae, fluency=-1.0)
+    with pytest.raises(InputError, match="max-unseen"):
+        _guarded(vae, max_unseen=1.5)
+
+
+class _StubCodec:
+    """A codec whose decodes and likelihoods are chosen by hand: the code's first coordinate
+    names the strength; the strength-1 candidate copies the source with a made-up word appended
+    (the closest to the source by BLEU, and the least likely), the strength-2 one is plain."""
+
+    config = meta = path = None
+    conditional = False
+
+    def __init__(self):
+        self.judges = {}
+
+    def encode_texts(self, texts, warn=True, refine=True):
+        return torch.zeros(len(texts), 2), torch.zeros(len(texts), 2)
+
+    def decode(self, z, strategy="greedy", seed=0, **kw):
+        return [f"{self.sources[i]} zzxq" if round(float(c[0])) == 1 else "a plain line" for i, c in enumerate(z)]
+
+    def token_nll(self, z, texts, labels=None):
+        return torch.tensor([6.0 if "zzxq" in t else 2.0 for t in texts], dtype=torch.float64)
+
+    def known_words(self, mode="auto"):
+        return {"a", "plain", "line", "the", "lord", "spake", "and", "it", "was", "so"}
+
+
+def test_fluency_guard_passes_over_the_unlikely_candidate_nearest_the_source():
+    from textvae import latent
+    from textvae.transfer import Options, transfer
+
+    codec = _StubCodec()
+    codec.sources = ["the lord spake", "and it was so"]
+    attrs = latent.Attributes(["a", "b"], torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([1, 1]))
+    everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
+    kw = dict(method="closest", alpha=2.0, candidates=2, samples=0, judge=everything)
+    # the input scores 2.0 nats per token; the copy-plus-made-up-word candidate 6.0
+    assert transfer(codec, attrs, codec.sources, "a", "b", Options(**kw, fluency=None)).texts == \
+        [f"{x} zzxq" for x in codec.sources]
+    for opts in (Options(**kw, fluency=3.9), Options(**kw, fluency=None, max_unseen=0.0)):
+        words = "any" if opts.fluency is None else "auto"
+        out = transfer(codec, attrs, codec.sources, "a", "b", opts, words=words)
+        assert out.texts == ["a plain line"] * 2 and out.alphas.tolist() == [2.0, 2.0]
+    # a margin wide enough lets it through; so does a share of unseen words as large as its own
+    assert transfer(codec, attrs, codec.sources, "a", "b", Options(**kw, fluency=4.1)).texts[0].endswith("zzxq")
+    loose = Options(**kw, fluency=None, max_unseen=0.25)
+    assert transfer(codec, attrs, codec.sources, "a", "b", loose, words="any").texts[0].endswith("zzxq")
+    # search: the weakest accepted strength, unless the guard refuses it
+    search = dict(kw, method="search")
+    assert transfer(codec, attrs, codec.sources, "a", "b", Options(**search, fluency=None)).alphas.tolist() == [1.0, 1.0]
+    assert transfer(codec, attrs, codec.sources, "a", "b", Options(**search)).alphas.tolist() == [2.0, 2.0]
+
+
+def test_fluency_guard_rejects_unseen_words_when_any_token_sequence_may_be_decoded(vae):
+    from textvae.evaluate import vocabulary, words_of
+
+    known = vae.known_words()
+    texts = [json.loads(line)["text"] for line in (TINY_DATA / "train.jsonl").read_text().splitlines()]
+    assert known and "the" in known and known <= vocabulary(texts)
+    free = _guarded(vae, fluency=None, max_unseen=1.0, words="any")
+    assert any(w not in known for o in free.texts for w in words_of(o))  # the premise: made-up words occur
+    from textvae import latent
+
+    z, _ = vae.encode(SENTENCES)
+    full = vae.decode(latent.transfer_mean_diff(z, vae.attributes.vector("kjv"), vae.attributes.vector("web"), 6.0),
+                      words="any")
+    out = _guarded(vae, fluency=None, max_unseen=0.0, words="any")
+    for o, f in zip(out.texts, full):
+        assert o == f or all(w in known for w in words_of(o))
+
+
 def test_char_judge_accepts_by_the_style_judge(vae):
     from textvae.transfer import JUDGE_THRESHOLD
     from textvae.style import judge_for

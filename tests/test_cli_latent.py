@@ -160,6 +160,21 @@ def test_unknown_label(run_cli, trained_run):
     assert_user_error(rc, err, "transfer", "unknown label 'modern'", "known labels: kjv, web")
 
 
+def test_fluency_guard_options(run_cli, trained_run):
+    common = ("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web", "--method", "search",
+              "--candidates", "2", A)
+    outs = []
+    for margin in ("off", "0", "2.5"):
+        rc, out, err = run_cli(*common, "--fluency", margin)
+        assert rc == 0, err
+        outs.append(out.strip())
+    assert all(outs)
+    rc, _, err = run_cli(*common, "--fluency", "-1")
+    assert_user_error(rc, err, "transfer", "--fluency", "between 0 and 100")
+    rc, _, err = run_cli(*common, "--max-unseen", "1.5")
+    assert_user_error(rc, err, "transfer", "--max-unseen", "between 0 and 1")
+
+
 def test_checkpoint_without_attribute_vectors(run_cli, bare_run):
     rc, _, err = run_cli("transfer", "--checkpoint", bare_run, "--from", "kjv", "--to", "web", A)
     line = assert_user_error(rc, err, "transfer", "no attribute vectors", "textvae attributes --checkpoint")

@@ -222,6 +222,28 @@ def test_sample_with_a_label_and_every_latent_command_run_on_a_conditional_model
     assert rc == 0 and json.loads(out)["iw_nll"] > 0, err
 
 
+def test_the_latent_map_of_unlabelled_data_is_coloured_by_the_predicted_label(conditional_run, tmp_path):
+    from textvae import TextVAE
+    from textvae.viz import write_map
+
+    vae = TextVAE.from_pretrained(conditional_run)
+    texts = [x for x in (TINY_DATA / "train.txt").read_text(encoding="utf-8").splitlines() if x.strip()][:40]
+    src = tmp_path / "plain.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    png, m = write_map(vae, data=str(src), output=tmp_path / "map.png", limit=0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert m.labels == [r["label"] for r in vae.classify(texts)]
+
+
+def test_evaluate_transfer_scores_relabelling(run_cli, conditional_run):
+    rc, out, err = run_cli("evaluate-transfer", "--checkpoint", conditional_run, "--data", TINY_DATA / "valid.jsonl",
+                           "--from", "kjv", "--to", "web", "--limit", "4", "--method", "relabel", "--sweep", "",
+                           "--json")
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["method"] for r in rows][-1] == "relabel" and 0.0 <= rows[-1]["accuracy"] <= 1.0
+
+
 def test_relabel_transfer_of_a_sentence_does_not_depend_on_its_batch(run_cli, conditional_run):
     others = [f"And the {i} went up unto the mountain." for i in range(63)]
     common = ["transfer", "--checkpoint", conditional_run, "--from", "kjv", "--to", "web", "--method", "relabel",

@@ -30,7 +30,7 @@ from textvae import transfer as style_transfer  # (TextVAE.transfer would shadow
 from textvae.config import Config
 from textvae.data import check_sentences
 from textvae.errors import CheckpointError, InputError
-from textvae.evaluate import SCORE_IW_SAMPLES, posterior_params, prepare_ids, refine_posterior
+from textvae.evaluate import SCORE_IW_SAMPLES, code_nll, posterior_params, prepare_ids, refine_posterior, words_of
 from textvae.generate import RowSeeds, decode_texts
 from textvae.model import SentenceVAE
 from textvae.prior import DEFAULT_PRIOR, PRIORS
@@ -74,6 +74,7 @@ class TextVAE:
         self.refine_steps = 0  # > 0: semi-amortised encoding (Kim et al. 2018), see encode_texts
         self.judges: dict[str, Any] = {}  # style judges of transfer, loaded (or trained) on first use
         self._words: dict[str, Any] = {}  # the training data's words per --words mode, loaded on first use
+        self._known: dict[str, Optional[set[str]]] = {}  # the same words as strings (known_words)
         self._prior: Optional[Any] = None  # the fitted prior, loaded on first use
 
     # ------------------------------------------------------------------ files
@@ -213,6 +214,30 @@ class TextVAE:
         if mode not in self._words:
             self._words[mode] = ckpt.load_seen_words(self, mode)
         return self._words[mode]
+
+    def known_words(self, mode: str = ckpt.DEFAULT_WORDS) -> Optional[set[str]]:
+        """The training data's words as the unseen-word rate counts them
+        (:func:`textvae.evaluate.words_of`), or None when they cannot be had."""
+        if mode not in self._known:
+            seen = self.seen_words(mode)
+            self._known[mode] = None if seen is None else {
+                w for ids in seen.words for w in words_of(self.tokenizer.decode(list(ids)))}
+        return self._known[mode]
+
+    def token_nll(self, z: torch.Tensor, texts: Sequence[str], labels: Any = None) -> torch.Tensor:
+        """The decoder's negative log-likelihood of each text given the code z (N, L), in nats per
+        token (eos included; texts cut to the model's length): (N,) float64. A conditional
+        model reads ``labels`` (one label name or one per row) as :meth:`decode` does."""
+        z = torch.as_tensor(z, dtype=torch.float32).to(self.device)
+        if z.dim() != 2 or z.shape[0] != len(texts):
+            raise InputError(f"give one code per text: z has shape {tuple(z.shape)} for {len(texts)} texts")
+        if self.conditional:
+            if labels is None:
+                raise InputError(f"this model reads z with a label: give one of {', '.join(self.label_names)}")
+            z = self.model.code(z, self._label_tensor(labels, z.shape[0]))
+        ids, _ = prepare_ids(self.tokenizer, list(texts), self.model.cfg.max_len)
+        nll, n = code_nll(self.model, ids, self.tokenizer, z, self.batch_size)
+        return nll / n
 
     def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int | Sequence[int] = 0, words: Any = ckpt.DEFAULT_WORDS,
                labels: Any = None, **decode_kwargs: Any) -> list[str]:
@@ -369,19 +394,24 @@ class TextVAE:
     def transfer(self, sentences: Sentences, source: str, target: str, alpha: Optional[float] = None,
                  method: str = style_transfer.DEFAULT_METHOD, strategy: str = "greedy", seed: int = 0,
                  candidates: int = style_transfer.SEARCH_CANDIDATES, judge: style_transfer.Judge = style_transfer.DEFAULT_JUDGE,
-                 samples: int = style_transfer.CLOSEST_SAMPLES, **decode_kwargs: Any) -> list[str]:
+                 samples: int = style_transfer.CLOSEST_SAMPLES, fluency: Optional[float] = style_transfer.DEFAULT_FLUENCY,
+                 max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN, **decode_kwargs: Any) -> list[str]:
         """Rewrite sentences from the ``source`` label's style into the ``target``'s by latent
         arithmetic (the methods, strengths and judges of :mod:`textvae.transfer`; ``alpha`` None:
-        the method's default, 0: the reconstruction)."""
+        the method's default, 0: the reconstruction; ``fluency`` and ``max_unseen``: the fluency
+        guard of 'search' and 'closest')."""
         return self.transfer_detailed(sentences, source, target, alpha, method, strategy, seed, candidates, judge,
-                                      samples, **decode_kwargs).texts
+                                      samples, fluency, max_unseen, **decode_kwargs).texts
 
     def transfer_detailed(self, sentences: Sentences, source: str, target: str, alpha: Optional[float] = None,
                           method: str = style_transfer.DEFAULT_METHOD, strategy: str = "greedy", seed: int = 0,
                           candidates: int = style_transfer.SEARCH_CANDIDATES, judge: style_transfer.Judge = style_transfer.DEFAULT_JUDGE,
-                          samples: int = style_transfer.CLOSEST_SAMPLES, **decode_kwargs: Any) -> style_transfer.Transferred:
+                          samples: int = style_transfer.CLOSEST_SAMPLES,
+                          fluency: Optional[float] = style_transfer.DEFAULT_FLUENCY,
+                          max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN,
+                          **decode_kwargs: Any) -> style_transfer.Transferred:
         """:meth:`transfer`, also returning the strength used for each sentence."""
-        opts = style_transfer.Options(method, alpha, strategy, seed, candidates, judge, samples)
+        opts = style_transfer.Options(method, alpha, strategy, seed, candidates, judge, samples, fluency, max_unseen)
         alpha = opts.strength()  # an unknown method or a bad alpha fails before the attribute vectors are needed
         attrs = style_transfer.needed_attributes(self, opts, source, target)
         return style_transfer.transfer(self, attrs, check_sentences(sentences), source, target, opts, **decode_kwargs)

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from textvae import runtime
 from textvae.errors import ConfigError, TextVAEError
@@ -298,7 +298,8 @@ def _decoding(args: argparse.Namespace, extras_only: bool = False) -> dict[str, 
 def _transfer_options(args: argparse.Namespace):
     from textvae.transfer import Options
 
-    return Options(args.method, args.alpha, args.strategy, args.seed, args.candidates, args.judge, args.samples)
+    return Options(args.method, args.alpha, args.strategy, args.seed, args.candidates, args.judge, args.samples,
+                   args.fluency, args.max_unseen)
 
 
 def _write_records(args: argparse.Namespace, records: list[dict]) -> None:
@@ -385,6 +386,11 @@ def _float(lo: float, hi: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _margin(text: str) -> Optional[float]:
+    """argparse type of --fluency: 'off', or a number of nats per token in [0, 100]."""
+    return None if text.strip().lower() == "off" else _float(0, 100)(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -584,6 +590,13 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "re-encoded code is past the midpoint of the two attribute vectors (needs no data); "
                         "auto: char when the training data or a cached judge is at hand, else latent; "
                         f"classifier: the scoring classifier itself (optimistic) (default: {t.DEFAULT_JUDGE})")
+    p.add_argument("--fluency", type=_margin, default=t.DEFAULT_FLUENCY, metavar="NATS",
+                   help="search, closest: never choose a candidate more than NATS per token less likely under the "
+                        "model than the input under its own code; 'off' for no likelihood guard "
+                        f"(default {t.DEFAULT_FLUENCY:g})")
+    p.add_argument("--max-unseen", type=_float(0, 1), default=t.DEFAULT_MAX_UNSEEN, metavar="SHARE",
+                   help="search, closest with --words any: never choose a candidate with more than this share of "
+                        f"words unseen in training (default {t.DEFAULT_MAX_UNSEEN:g})")
 
 
 def _add_transfer(p: argparse.ArgumentParser) -> None:

@@ -285,6 +285,30 @@ def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     return mu_all, lv_all
 
 
+@torch.no_grad()
+def code_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, codes: torch.Tensor,
+             batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log p(x | code) under the decoder, teacher-forced, and the number of scored tokens (eos
+    included), per sentence: (N,), (N,) float64 on the CPU.
+
+    Args:
+        ids: N token-id lists (no specials; see :func:`prepare_ids`).
+        codes: (N, L) decoder codes, a conditional model's from ``model.code(z, labels)``.
+    """
+    device = next(model.parameters()).device
+    nll = torch.empty(len(ids), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([ids[i] for i in idx], tok).to(device)
+        logits, _ = model.decode(b.dec_in, codes[torch.as_tensor(idx, device=codes.device)].to(device))
+        nll[idx] = reconstruction_nll(logits, b.targets, tok.pad_id).double().cpu()
+    model.train(was_training)
+    return nll, torch.tensor([len(x) + 1.0 for x in ids], dtype=torch.float64)
+
+
 REFINE_LR = 0.05  # Adam step size of the encode-time refinement (z is of order 1)
 MAX_REFINE_STEPS = 1000
 

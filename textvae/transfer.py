@@ -16,6 +16,13 @@ means is the transfer direction of Shen et al. 2020) and decodes the result:
 A label-conditional model encodes every input under the source label and decodes every
 candidate of every method with the target label.
 
+'search' and 'closest' choose among candidates, and a fluency guard decides which may be chosen
+besides the judge: a candidate with more than ``max_unseen`` of its words never seen in training,
+or whose per-token likelihood under the model (given the code it was decoded from) is more than
+``fluency`` nats below that of the input sentence under its own code, is not chosen. The input is
+a real sentence of the source style, so the model's score of it is what fluent text scores at
+that length and content, for this model, on any corpus.
+
 The tensor arithmetic is :mod:`textvae.latent`'s; the style classifiers (scorer and judge) and
 the scores are :mod:`textvae.style`'s; this module decides which candidates to decode, how to
 judge them and which to keep, and runs the scored evaluation behind ``textvae
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
@@ -59,6 +66,11 @@ SEARCH_CANDIDATES = 4
 CLOSEST_SAMPLES = 20
 """'closest': sampled decodes per strength, besides the one of the chosen strategy (more
 samples gave better picks on the validation books, at a cost linear in their number)."""
+DEFAULT_FLUENCY = 0.5
+"""Fluency guard: a candidate may be at most this many nats per token less likely under the
+model than the input sentence under its own code (None: no likelihood guard)."""
+DEFAULT_MAX_UNSEEN = 0.0
+"""Fluency guard: the largest share of a candidate's words never seen in training (1: no guard)."""
 _SAMPLE_SEED_STRIDE = 7919  # sampled decode d of strength k uses seed + 7919 d + k
 
 Judge = Union[str, Callable[[list[str]], torch.Tensor]]
@@ -80,6 +92,11 @@ class Codec(Protocol):
     def decode(self, z: torch.Tensor, strategy: str = "greedy", seed: int | Sequence[int] = 0,
                **decode_kwargs: Any) -> list[str]: ...
 
+    # for the fluency guard (a codec without them is guarded by neither test)
+    def token_nll(self, z: torch.Tensor, texts: Sequence[str], labels: Any = None) -> torch.Tensor: ...
+
+    def known_words(self, mode: str = "auto") -> Optional[set[str]]: ...
+
 
 @dataclass
 class Transferred:
@@ -100,6 +117,8 @@ class Options:
     candidates: int = SEARCH_CANDIDATES
     judge: Judge = DEFAULT_JUDGE
     samples: int = CLOSEST_SAMPLES
+    fluency: Optional[float] = DEFAULT_FLUENCY  # nats per token below the input; None: off
+    max_unseen: float = DEFAULT_MAX_UNSEEN  # share of unseen words a chosen candidate may have
 
     def strength(self) -> float:
         """The strength to use, checked: a finite number."""
@@ -161,6 +180,10 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
         raise InputError("--candidates must be at least 1")
     if opts.method == "closest" and opts.samples < 0:
         raise InputError("--samples must be at least 0")
+    if opts.fluency is not None and not 0 <= opts.fluency < float("inf"):
+        raise InputError(f"--fluency must be a number of nats >= 0 (or 'off'), got {opts.fluency}")
+    if not 0 <= opts.max_unseen <= 1:
+        raise InputError(f"--max-unseen must be a share between 0 and 1, got {opts.max_unseen}")
     if opts.method == "relabel":
         check_conditional(codec)
     seeds = sentence_seeds(texts, opts.seed)  # a sentence's output does not depend on its batch
@@ -183,7 +206,17 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
         return Transferred(codec.decode(z, opts.strategy, seeds, **decode_kwargs), torch.full((len(mu),), alpha))
     if opts.method == "closest" and alpha == 0:  # no move: the reconstruction, as for every method
         return Transferred(codec.decode(mu, opts.strategy, seeds, **decode_kwargs), torch.zeros(len(mu)))
-    accept = make_judge(codec, opts.judge, s, t, target)
+    judge = make_judge(codec, opts.judge, s, t, target)
+    guard = make_guard(codec, opts, texts, mu, source if getattr(codec, "conditional", False) else None,
+                       decode_kwargs.get("labels"), decode_kwargs.get("words", "auto"))
+
+    def accept(outs: list[str], z: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        ok = judge(outs).cpu()
+        if guard is not None and bool(ok.any()):
+            keep = [i for i, x in enumerate(ok.tolist()) if x]  # the guard scores only what the judge took
+            ok[keep] = guard([outs[i] for i in keep], z[keep], [rows[i] for i in keep])
+        return ok
+
     if opts.method == "closest":
         return _closest(codec, texts, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
     return _search(codec, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
@@ -195,8 +228,12 @@ def sentence_seeds(texts: Sequence[str], seed: int) -> list[int]:
     return [seed + int.from_bytes(hashlib.sha256(x.encode("utf-8", "replace")).digest()[:4], "big") for x in texts]
 
 
+Accept = Callable[[list[str], torch.Tensor, Sequence[int]], torch.Tensor]
+"""(candidate texts, the codes they were decoded from, their sentences' rows) -> (N,) bool."""
+
+
 def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float, opts: Options,
-            accept: Callable[[list[str]], torch.Tensor], seeds: list[int], **decode_kwargs: Any) -> Transferred:
+            accept: Accept, seeds: list[int], **decode_kwargs: Any) -> Transferred:
     """'search': the weakest strength on the 'project' path whose output is accepted (else the strongest)."""
     codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="project")
     chosen_texts: list[Optional[str]] = [None] * len(mu)
@@ -205,7 +242,7 @@ def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, al
     for k in range(opts.candidates):  # weakest first; only undecided sentences are decoded again
         outs = codec.decode(codes[k, open_rows], opts.strategy, [seeds[r] for r in open_rows], **decode_kwargs)
         last = k == opts.candidates - 1
-        ok = torch.zeros(len(outs), dtype=torch.bool) if last else accept(outs).cpu()
+        ok = torch.zeros(len(outs), dtype=torch.bool) if last else accept(outs, codes[k, open_rows], open_rows)
         still = []
         for row, text, good in zip(open_rows, outs, ok.tolist()):
             if good or last:
@@ -220,10 +257,9 @@ def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, al
 
 
 def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float,
-             opts: Options, accept: Callable[[list[str]], torch.Tensor], seeds: list[int],
-             **decode_kwargs: Any) -> Transferred:
-    """'closest': of the accepted candidates, the one nearest the source text (sentence BLEU);
-    when none is accepted, the ``opts.strategy`` output at full strength."""
+             opts: Options, accept: Accept, seeds: list[int], **decode_kwargs: Any) -> Transferred:
+    """'closest': of the accepted candidates (judge and fluency guard), the one nearest the source
+    text (sentence BLEU); when none is accepted, the ``opts.strategy`` output at full strength."""
     codes, alphas = latent.search_candidates(mu, s, t, alpha, opts.candidates, base="mean-diff")
     sampling = {k: v for k, v in decode_kwargs.items() if k != "beam_size"}
     n = len(mu)
@@ -239,7 +275,7 @@ def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor
                 outs = codec.decode(codes[k], "sample", [x + _SAMPLE_SEED_STRIDE * d + k for x in seeds], **sampling)
             if k == opts.candidates - 1 and d == 0:
                 fallback = outs
-            for i, (text, ok) in enumerate(zip(outs, accept(outs).tolist())):
+            for i, (text, ok) in enumerate(zip(outs, accept(outs, codes[k], range(n)).tolist())):
                 if not ok:
                     continue
                 score = style.sentence_bleu(text, sources[i])
@@ -248,7 +284,44 @@ def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor
     return Transferred([x if x is not None else y for x, y in zip(texts, fallback)], chosen)
 
 
-# --------------------------------------------------------------------------- judges
+# --------------------------------------------------------------------------- judges and the fluency guard
+
+
+def make_guard(codec: Codec, opts: Options, sources: list[str], mu: torch.Tensor, source_label: Optional[str],
+               target_labels: Any, words: Any) -> Optional[Accept]:
+    """The fluency guard of 'search' and 'closest' (see the module docstring), or None when it
+    has nothing to test: a function from (candidates, their codes, their sentences' rows) to (N,) bool.
+
+    The unseen-word test runs when decoding may spell any token sequence (``words='any'``) and
+    the training words can be had (``codec.known_words``); the likelihood test scores each
+    input under its own code ``mu`` (a conditional model: with ``source_label``) once, and each
+    candidate under its code with ``target_labels``.
+    """
+    from textvae.evaluate import words_of
+
+    known = None  # 'seen' (and 'auto' where the words can be had) decodes only seen words already
+    if opts.max_unseen < 1 and words == "any" and hasattr(codec, "known_words"):
+        known = codec.known_words("auto")
+    scored = opts.fluency is not None and hasattr(codec, "token_nll")
+    if known is None and not scored:
+        return None
+    floor = codec.token_nll(mu, sources, labels=source_label) if scored else None
+
+    def fluent(texts: list[str], z: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        ok = torch.ones(len(texts), dtype=torch.bool)
+        if known is not None:
+            for i, text in enumerate(texts):
+                w = words_of(text)
+                ok[i] = not w or sum(x not in known for x in w) <= opts.max_unseen * len(w)
+        if floor is not None and bool(ok.any()):
+            labels = target_labels
+            if labels is not None and not isinstance(labels, (str, int)):
+                labels = [list(labels)[r] for r in rows]
+            nll = codec.token_nll(z, texts, labels=labels)
+            ok &= nll <= floor[list(rows)] + opts.fluency
+        return ok
+
+    return fluent
 
 
 def make_judge(codec: Codec, judge: Judge, source: torch.Tensor, target: torch.Tensor, target_label: str
@@ -404,7 +477,7 @@ def check_method_names(methods: Sequence[str]) -> None:
     for m in methods:
         name, _, how = m.partition(":")
         if name not in DEFAULT_ALPHA or (how and (name not in ("search", "closest") or how not in JUDGES)):
-            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search or closest "
+            raise InputError(f"unknown transfer method {m!r}; use mean-diff, project, search, closest or relabel "
                              f"(search and closest may name their judge: search:latent, closest:classifier...)")
 
 
@@ -440,7 +513,7 @@ def evaluate_transfer(codec: Codec, attrs: latent.Attributes, clf: style.StyleCl
 
     def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
         name, _, how = m.partition(":")
-        o = Options(name, a, opts.strategy, opts.seed, opts.candidates, how or opts.judge, opts.samples)
+        o = replace(opts, method=name, alpha=a, judge=how or opts.judge)
         out = transfer(codec, attrs, sources, source, target, o, **decode_kwargs)
         row = {"system": system, "method": m, "alpha": a,
                **style.score_transfer(out.texts, sources, target, clf, refs), "mean_alpha": float(out.alphas.mean())}

@@ -400,7 +400,11 @@ def _map_label_column(source: str, vae, text_column: str, label_column: Optional
 
 def latent_map(vae, texts: Sequence[str], labels: Optional[Sequence[str]] = None, method: str = "pca",
                title: str = "") -> tuple[bytes, LatentMap]:
-    """Encode ``texts`` to posterior means, project them and draw the map. Returns (PNG bytes, map)."""
+    """Encode ``texts`` to posterior means, project them and draw the map. Returns (PNG bytes, map).
+    A label-conditional model colours unlabelled texts by the label its classifier q(y|x) predicts."""
+    if labels is None and getattr(vae, "conditional", False):
+        labels = [r["label"] for r in vae.classify(list(texts))]
+        title = f"{title}, coloured by predicted label" if title else "coloured by predicted label"
     mu, _ = vae.encode(list(texts))
     m = project(mu, labels, method)
     return map_figure(m, title), m
@@ -424,7 +428,7 @@ def write_map(vae, data: Optional[str] = None, text_column: Optional[str] = None
     data = data or vae.config.data.valid or vae.config.data.train
     texts, labels, column = load_labelled(data, vae, text_column, label_column,
                                           limit=MAP_LIMIT if limit is None else limit, seed=seed)
-    if projection == "axis" and (labels is None or len(set(labels)) < 2):
+    if projection == "axis" and not getattr(vae, "conditional", False) and (labels is None or len(set(labels)) < 2):
         raise InputError("--projection axis needs labelled data with at least two labels (--label-column COL)")
     png, m = latent_map(vae, texts, labels, projection,
                         title=f"{Path(data).name}: posterior means of {len(texts)} sentences"
