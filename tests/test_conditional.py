@@ -242,6 +242,8 @@ def test_evaluate_transfer_scores_relabelling(run_cli, conditional_run):
     assert rc == 0, err
     rows = json.loads(out)["rows"]
     assert [r["method"] for r in rows][-1] == "relabel" and 0.0 <= rows[-1]["accuracy"] <= 1.0
+    assert rows[-1]["seconds_per_sentence"] > 0 and 0.0 <= rows[-1]["unseen_words"] <= 1.0
+    assert rows[0]["system"].startswith("copy") and rows[0]["unseen_words"] is not None
 
 
 def test_relabel_transfer_of_a_sentence_does_not_depend_on_its_batch(run_cli, conditional_run):

@@ -346,16 +346,22 @@ def _num(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def _secs(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
 def format_transfer_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of transfer scores."""
-    lines = ["| system | method | alpha | style acc. | self-BLEU | ref-BLEU | GM(acc, self-BLEU) | GM(acc, ref-BLEU) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| system | method | alpha | style acc. | self-BLEU | ref-BLEU | GM(acc, self-BLEU) | GM(acc, ref-BLEU) "
+             "| unseen words | s/sentence |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         alpha = "–" if r.get("alpha") is None else f"{r['alpha']:g}"
         if str(r.get("method")).startswith(("search", "closest")) and r.get("mean_alpha") is not None:
             alpha += f" (mean {r['mean_alpha']:.2f})"
         lines.append(f"| {r['system']} | {r.get('method') or '–'} | {alpha} | {_pct(r['accuracy'])} | "
-                     f"{_num(r['self_bleu'])} | {_num(r['ref_bleu'])} | {_num(r['gm_self'])} | {_num(r['gm_ref'])} |")
+                     f"{_num(r['self_bleu'])} | {_num(r['ref_bleu'])} | {_num(r['gm_self'])} | {_num(r['gm_ref'])} | "
+                     f"{_pct(r.get('unseen_words'))} | {_secs(r.get('seconds_per_sentence'))} |")
     return "\n".join(lines)
 
 
@@ -376,7 +382,8 @@ def format_transfer_report(report: dict[str, Any]) -> str:
         f"({c.get('train_sentences')} sentences), held-out accuracy {_pct(c.get('heldout_accuracy'))} on "
         f"{c.get('heldout_file', 'n/a')}",
         "self-BLEU: corpus BLEU of the outputs against their sources; ref-BLEU: against the references; "
-        "GM: sqrt(accuracy in % x BLEU)",
+        "GM: sqrt(accuracy in % x BLEU); unseen words: share of the words never seen in the model's training "
+        "data; s/sentence: wall-clock seconds per sentence on this machine",
         f"sacrebleu signature: {report['signature']}",
     ]
     return "\n".join(parts)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -495,7 +496,8 @@ def evaluate_transfer(codec: Codec, attrs: latent.Attributes, clf: style.StyleCl
         opts: the transfer to report (``opts.method`` may name its judge: 'closest:latent').
         sweep: strengths to also report, for each of ``methods`` (default: ``opts.method``).
     Returns:
-        {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self",
+        {"rows": [{"system", "method", "alpha", "accuracy", "self_bleu", "ref_bleu", "gm_self", "unseen_words",
+        "seconds_per_sentence" (wall clock, this machine, the judge's first load included),
         "gm_ref", "mean_alpha"}...], "sweep": [...], "examples": [...], "signature": sacrebleu's, ...}
     """
     for label in (source, target):
@@ -504,19 +506,29 @@ def evaluate_transfer(codec: Codec, attrs: latent.Attributes, clf: style.StyleCl
             raise InputError(f"unknown label {label!r}; the style classifier knows: {', '.join(clf.labels)}")
     check_method_names([opts.method, *methods])
     alpha = DEFAULT_ALPHA[opts.method.partition(":")[0]] if opts.alpha is None else opts.alpha
+    from textvae.evaluate import unseen_word_rate
+
     sources = list(sources)
+    known = codec.known_words("auto") if hasattr(codec, "known_words") else None
+
+    def unseen(texts: Sequence[str]) -> Optional[float]:
+        return None if known is None else unseen_word_rate(texts, known)
+
     rows = [{"system": "copy (output = input)", "method": None, "alpha": None,
-             **style.score_transfer(sources, sources, target, clf, refs)}]
+             **style.score_transfer(sources, sources, target, clf, refs), "unseen_words": unseen(sources)}]
     if refs is not None:
         rows.append({"system": "reference", "method": None, "alpha": None,
-                     **style.score_transfer(list(refs), sources, target, clf, refs)})
+                     **style.score_transfer(list(refs), sources, target, clf, refs), "unseen_words": unseen(refs)})
 
     def run(m: str, a: float, system: str) -> tuple[dict[str, Any], list[str]]:
         name, _, how = m.partition(":")
         o = replace(opts, method=name, alpha=a, judge=how or opts.judge)
+        start = time.perf_counter()
         out = transfer(codec, attrs, sources, source, target, o, **decode_kwargs)
+        seconds = (time.perf_counter() - start) / max(len(sources), 1)
         row = {"system": system, "method": m, "alpha": a,
-               **style.score_transfer(out.texts, sources, target, clf, refs), "mean_alpha": float(out.alphas.mean())}
+               **style.score_transfer(out.texts, sources, target, clf, refs), "mean_alpha": float(out.alphas.mean()),
+               "unseen_words": unseen(out.texts), "seconds_per_sentence": seconds}
         return row, out.texts
 
     codec.encode_texts(sources, refine=False)  # warns once about sentences too long for the model
