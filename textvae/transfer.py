@@ -211,12 +211,17 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
     guard = make_guard(codec, opts, texts, mu, source if getattr(codec, "conditional", False) else None,
                        decode_kwargs.get("labels"), decode_kwargs.get("words", "auto"))
 
-    def accept(outs: list[str], z: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    def accept(outs: list[str], z: torch.Tensor, rows: Sequence[int],
+               worth: Optional[Callable[[int, str], bool]] = None) -> torch.Tensor:
+        """judge, then guard; the guard scores only what the judge took (and ``worth`` keeps)."""
         ok = judge(outs).cpu()
-        if guard is not None and bool(ok.any()):
-            keep = [i for i, x in enumerate(ok.tolist()) if x]  # the guard scores only what the judge took
-            ok[keep] = guard([outs[i] for i in keep], z[keep], [rows[i] for i in keep])
-        return ok
+        if guard is None:
+            return ok
+        keep = [i for i, x in enumerate(ok.tolist()) if x and (worth is None or worth(i, outs[i]))]
+        out = torch.zeros(len(outs), dtype=torch.bool)
+        if keep:
+            out[keep] = guard([outs[i] for i in keep], z[keep], [rows[i] for i in keep])
+        return out
 
     if opts.method == "closest":
         return _closest(codec, texts, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
@@ -276,12 +281,12 @@ def _closest(codec: Codec, sources: list[str], mu: torch.Tensor, s: torch.Tensor
                 outs = codec.decode(codes[k], "sample", [x + _SAMPLE_SEED_STRIDE * d + k for x in seeds], **sampling)
             if k == opts.candidates - 1 and d == 0:
                 fallback = outs
-            for i, (text, ok) in enumerate(zip(outs, accept(outs, codes[k], range(n)).tolist())):
-                if not ok:
-                    continue
-                score = style.sentence_bleu(text, sources[i])
-                if score > best[i]:
-                    texts[i], best[i], chosen[i] = text, score, float(alphas[k])
+            scores = [style.sentence_bleu(text, sources[i]) for i, text in enumerate(outs)]
+            # only a candidate that would be chosen needs the fluency guard's likelihood
+            ok = accept(outs, codes[k], range(n), lambda i, _: scores[i] > best[i])
+            for i, (text, good) in enumerate(zip(outs, ok.tolist())):
+                if good and scores[i] > best[i]:
+                    texts[i], best[i], chosen[i] = text, scores[i], float(alphas[k])
     return Transferred([x if x is not None else y for x, y in zip(texts, fallback)], chosen)
 
 
