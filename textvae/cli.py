@@ -590,6 +590,12 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "re-encoded code is past the midpoint of the two attribute vectors (needs no data); "
                         "auto: char when the training data or a cached judge is at hand, else latent; "
                         f"classifier: the scoring classifier itself (optimistic) (default: {t.DEFAULT_JUDGE})")
+    _add_fluency(p)
+
+
+def _add_fluency(p: argparse.ArgumentParser) -> None:
+    from textvae import transfer as t
+
     p.add_argument("--fluency", type=_margin, default=t.DEFAULT_FLUENCY, metavar="NATS",
                    help="search, closest: never choose a candidate more than NATS per token less likely under the "
                         "model than the input under its own code; 'off' for no likelihood guard "
