@@ -61,6 +61,14 @@ def _over_labels(per_label: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch
     return -torch.logsumexp(log_joint, 0), torch.softmax(log_joint, 0)
 
 
+def length_batches(ids: Sequence[Sequence[int]], batch_size: int) -> Iterable[list[int]]:
+    """Row indices of ``ids`` in batches of similar length (little padding); callers put the
+    results back in input order."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 @torch.no_grad()
 def predict_labels(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer,
                    batch_size: int = 128) -> torch.Tensor:
@@ -69,9 +77,7 @@ def predict_labels(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokeni
     out = torch.empty(len(ids), model.cfg.num_labels, device=device)
     was_training = model.training
     model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok).to(device)
         out[torch.as_tensor(idx, device=device)] = model.classify(b.enc_ids, b.enc_mask).float().softmax(-1)
     model.train(was_training)
@@ -188,10 +194,8 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch together
     out = torch.empty(len(ids), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok).to(device)
         B = len(idx)
         lab = torch.as_tensor([labels[i] for i in idx], device=device) if model.conditional else None
@@ -236,9 +240,7 @@ def elbo_per_sentence(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tok
     g = torch.Generator(device=device).manual_seed(seed)
     neg_elbo = torch.empty(len(ids), dtype=torch.float64)
     kl_out = torch.empty(len(ids), dtype=torch.float64)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok, None if labels is None else [labels[i] for i in idx]).to(device)
         logits, mu, logvar = _one_sample_forward(model, b, g)
         kl = gaussian_kl(mu, logvar).sum(1)
@@ -272,9 +274,7 @@ def posterior_params(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     # Sorting by length keeps padding (wasted encoder work) small; rows go back to input order.
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok)
         where = torch.as_tensor(idx, device=device)
         lab = None if labels is None else labels[where]
@@ -299,9 +299,7 @@ def code_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, c
     nll = torch.empty(len(ids), dtype=torch.float64)
     was_training = model.training
     model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok).to(device)
         logits, _ = model.decode(b.dec_in, codes[torch.as_tensor(idx, device=codes.device)].to(device))
         nll[idx] = reconstruction_nll(logits, b.targets, tok.pad_id).double().cpu()
@@ -348,9 +346,8 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
     for p, _ in frozen:
         p.requires_grad_(False)
     try:
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            idx = torch.as_tensor(order[start : start + batch_size], device=device)
+        for rows in length_batches(ids, batch_size):
+            idx = torch.as_tensor(rows, device=device)
             b = collate([ids[i] for i in idx.tolist()], tok).to(device)
             z = out[idx].clone().requires_grad_(True)
             lv = logvar[idx].detach().float()

@@ -234,8 +234,9 @@ def sentence_seeds(texts: Sequence[str], seed: int) -> list[int]:
     return [seed + int.from_bytes(hashlib.sha256(x.encode("utf-8", "replace")).digest()[:4], "big") for x in texts]
 
 
-Accept = Callable[[list[str], torch.Tensor, Sequence[int]], torch.Tensor]
-"""(candidate texts, the codes they were decoded from, their sentences' rows) -> (N,) bool."""
+Accept = Callable[..., torch.Tensor]
+"""(candidate texts, the codes they were decoded from, their sentences' rows[, worth]) -> (N,) bool;
+``worth(i, text)`` False spares candidate i the fluency guard (it would not be chosen anyway)."""
 
 
 def _search(codec: Codec, mu: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float, opts: Options,
