@@ -402,10 +402,15 @@ def latent_map(vae, texts: Sequence[str], labels: Optional[Sequence[str]] = None
                title: str = "") -> tuple[bytes, LatentMap]:
     """Encode ``texts`` to posterior means, project them and draw the map. Returns (PNG bytes, map).
     A label-conditional model colours unlabelled texts by the label its classifier q(y|x) predicts."""
+    texts = list(texts)
     if labels is None and getattr(vae, "conditional", False):
-        labels = [r["label"] for r in vae.classify(list(texts))]
+        labels = [r["label"] for r in vae.classify(texts)]
         title = f"{title}, coloured by predicted label" if title else "coloured by predicted label"
-    mu, _ = vae.encode(list(texts))
+        from textvae.data import check_sentences
+
+        mu, _ = vae.encode_texts(check_sentences(texts), labels=labels)  # q(y|x) already run: not again
+    else:
+        mu, _ = vae.encode(texts)
     m = project(mu, labels, method)
     return map_figure(m, title), m
 
