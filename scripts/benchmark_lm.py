@@ -2,12 +2,16 @@
 
     python scripts/benchmark_lm.py --config configs/default.yaml --out docs/benchmark_lm.md
 
-Trains ``--config`` twice: as configured (the VAE) and with ``model.latent_dim=0`` (the same
-decoder with no encoder and no z: a plain language model), with the same data, steps and
-seed. Both are evaluated on the config's test data by the code behind ``textvae evaluate``;
-held-out test sentences are also scored against out-of-domain sentences
-(``data/ood/modern.txt``) and the AUROC reported. Writes a markdown table and prints it.
-Existing run folders are reused (``--retrain`` trains them again).
+Trains ``--config`` twice: as configured (the VAE) and with ``model.latent_dim=0`` and
+``train.word_dropout.rate=0`` (the same decoder with no encoder and no z, and no word dropout,
+which only weakens a language model: a plain language model at its own best settings), with the
+same data, steps and seed. Both are evaluated on the config's test data by the code behind
+``textvae evaluate``: the VAE's latent efficiency (LM NLL - rec) / KL and IW-NLL - LM NLL are
+measured against the LM's exact NLL on the same sentences, and the unseen-word rates of
+reconstructions and prior samples against the training corpus's words. Held-out test sentences
+are also scored against out-of-domain sentences (``data/ood/modern.txt``) and the AUROC
+reported. Writes a markdown table and prints it. Existing run folders are reused
+(``--retrain`` trains them again).
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     runs = Path(args.runs)
-    results = {}
-    for name, extra in (("VAE", []), ("LM (no latent)", ["model.latent_dim=0"])):
+    trained = {}
+    for name, extra in (("VAE", []), ("LM (no latent)", ["model.latent_dim=0", "train.word_dropout.rate=0.0"])):
         cfg = load_config(args.config, args.set + extra + ["train.progress=false"])
         run = runs / ("vae" if not extra else "lm")
         t0 = time.perf_counter()
@@ -56,14 +60,21 @@ def main() -> int:
             shutil.rmtree(run)
         if not (run / "checkpoint" / "model.safetensors").exists():
             train(cfg, run)
-        train_s = time.perf_counter() - t0
+        trained[name] = (cfg, run, time.perf_counter() - t0)
+    results = {}
+    lm_nll = None
+    for name in ("LM (no latent)", "VAE"):  # the LM first: the VAE's efficiency is measured against it
+        cfg, run, train_s = trained[name]
         loaded = load_pretrained(run)
         dc = loaded.config.data
         texts = load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words, args.limit)
         train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
         t0 = time.perf_counter()
         report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=args.iw_samples,
-                                training_texts=train_texts)
+                                training_texts=train_texts, lm_nll=lm_nll)
+        if loaded.model.is_lm:
+            ids, _ = prepare_ids(loaded.tokenizer, texts, loaded.config.model.max_len)
+            lm_nll = iw_nll(loaded.model, ids, loaded.tokenizer, k=1)  # exact for a language model
         eval_s = time.perf_counter() - t0
         # Anomaly detection: in-domain held-out sentences should get lower NLL per token
         # than out-of-domain ones; AUROC = P(score(in) < score(out)).
@@ -79,6 +90,7 @@ def main() -> int:
         report["steps"] = cfg.train.max_steps
         results[name] = report
         print(f"{name}: evaluated in {eval_s:.0f}s", file=sys.stderr)
+    results = {name: results[name] for name in trained}  # VAE first in the tables
 
     table = render(results, args)
     out = Path(args.out)
@@ -97,34 +109,43 @@ def render(results: dict, args: argparse.Namespace) -> str:
         "",
         f"Config `{args.config}` {' '.join('--set ' + s for s in args.set)}; both models trained for "
         f"{first['steps']} steps with the same data and seed; the LM is the same decoder with "
-        "`model.latent_dim=0`. Test data: "
+        "`model.latent_dim=0` and no word dropout. Test data: "
         f"{first['data']['sentences']} sentences of the config's test split "
         f"({first['data']['source'] if 'source' in first['data'] else 'test'}).",
         "",
-        "| model | IW-NLL (nats/sent.) | PPL/word | PPL/token | rec | KL | MI | AU | rec. BLEU | OOD AUROC |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | IW-NLL (nats/sent.) | IW-NLL - LM | latent eff. | PPL/word | PPL/token | rec | KL | MI | AU | "
+        "rec. BLEU | rec. unseen words | OOD AUROC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         au = f"{r['active_units']}/{r['latent_dim']}" if r["latent_dim"] else "-"
+        gap = f"{r['iw_gap']:+.2f}" if r.get("iw_gap") is not None else "-"
+        eff = f"{r['latent_efficiency']:.3f}" if r.get("latent_efficiency") is not None else "-"
+        unseen = f"{100 * r['recon_unseen_words']:.1f}%" if r.get("recon_unseen_words") is not None else "-"
         lines.append(
-            f"| {name} | {r['iw_nll']:.2f} | {r['ppl_word']:.1f} | {r['ppl_token']:.2f} | {r['rec']:.2f} | "
-            f"{r['kl']:.2f} | {r['mi']:.2f} | {au} | {r['recon_bleu']:.1f} | {r['ood_auroc']:.3f} |")
+            f"| {name} | {r['iw_nll']:.2f} | {gap} | {eff} | {r['ppl_word']:.1f} | {r['ppl_token']:.2f} | "
+            f"{r['rec']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {au} | {r['recon_bleu']:.1f} | {unseen} | "
+            f"{r['ood_auroc']:.3f} |")
     lines += [
         "",
         f"Conventions: IW-NLL with K = {k} importance samples (Burda et al. 2016; the LM's NLL is exact); "
         "PPL/token counts eos, PPL/word = exp(NLL / whitespace words), eos not counted; MI by the "
         f"minibatch estimator of He et al. 2019 (batch {first['mi_batch_size']}); AU: Cov(E_q[z]) > "
         f"{first['au_threshold']}; reconstruction BLEU: greedy from the posterior mean, sacreBLEU "
-        f"({first['bleu_signature']}); OOD AUROC: probability that a held-out test sentence has a lower "
+        f"({first['bleu_signature']}); latent efficiency: (LM NLL - rec) / KL, reconstruction nats bought per "
+        "nat of KL; unseen words: share of output words (whitespace, punctuation stripped, lowercased) that "
+        "never occur in the training file; decoding any token sequence; OOD AUROC: probability that a held-out test sentence has a lower "
         f"IW-NLL per token (K = {args.ood_iw_samples}) than a sentence of `{args.ood}`.",
         "",
-        "| model | samples distinct-2 | self-BLEU | mean words | ending in eos | copied from training | train s | eval s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | samples distinct-2 | self-BLEU | mean words | ending in eos | copied from training | "
+        "unseen words | train s | eval s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         s = r["samples"]
+        unseen = f"{100 * s['unseen_words']:.1f}%" if s.get("unseen_words") is not None else "-"
         lines.append(f"| {name} | {s['distinct_2']:.3f} | {s['self_bleu']:.1f} | {s['mean_words']:.1f} | "
-                     f"{100 * s['eos_rate']:.1f}% | {100 * (s['copied_rate'] or 0):.1f}% | "
+                     f"{100 * s['eos_rate']:.1f}% | {100 * (s['copied_rate'] or 0):.1f}% | {unseen} | "
                      f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
     cmd = f"python scripts/benchmark_lm.py --config {args.config} --iw-samples {k}" + \
         "".join(f" --set {s}" for s in args.set) + (f" --limit {args.limit}" if args.limit else "")

@@ -357,3 +357,23 @@ def test_a_from_scratch_encoder_gets_its_own_learning_rate():
     for name, p in model.named_parameters():
         expected = 4.0 if name.startswith(("encoder.", "to_posterior.")) else 1.0
         assert scale[id(p)] == pytest.approx(expected), name
+
+
+def test_training_log_samples_use_only_training_words(tmp_path, caplog):
+    """The prior samples that end training's log are decoded like ``textvae sample``: only words
+    seen in training. An untrained model decoding any token sequence glues pieces into non-words."""
+    import logging
+
+    from textvae.data import read_training_texts
+    from textvae.evaluate import unseen_word_rate, words_of
+    from textvae.train import log_prior_samples, setup
+
+    cfg = tiny_config(["train.max_steps=1"])
+    run = setup(cfg, tmp_path / "run")
+    known = {w for t in read_training_texts(cfg.data.train, "train", "text", cfg.data.min_words, cfg.data.max_words)
+             for w in words_of(t)}
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        log_prior_samples(run, n=20)
+    samples = [r.getMessage().split("prior sample: ", 1)[1] for r in caplog.records if "prior sample: " in r.getMessage()]
+    assert len(samples) == 20 and any(words_of(s) for s in samples)
+    assert unseen_word_rate(samples, known) == 0.0

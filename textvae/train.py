@@ -253,6 +253,7 @@ class TrainingRun:
     epoch: int = 0
     position: int = 0
     skipped: int = 0
+    words: Any = None  # the training words (SeenWords) once built by training_words, False if none
 
     @property
     def ckpt_dir(self) -> Path:
@@ -698,14 +699,12 @@ def _final_files(run: TrainingRun) -> dict[str, bytes]:
     """What the final checkpoint adds, from the final weights and the training data: the training
     words (decoding only seen words), the prior fitted to the codes (textvae/prior.py) and, for a
     labelled corpus, the attribute vectors of style transfer (textvae/transfer.py)."""
-    from textvae.generate import SeenWords
     from textvae.prior import fit_to_corpus
 
     files: dict[str, bytes] = {}
-    try:
-        files.update(ckpt.seen_words_files(SeenWords.from_corpus(run.tok, run.train_set.ids)))
-    except OptionError as e:  # a tokenizer without word markers: decoding is not restricted
-        log.info("no training words stored: %s", e)
+    words = training_words(run)
+    if words is not None:
+        files.update(ckpt.seen_words_files(words))
     if run.model.is_lm:
         return files
     files.update(ckpt.prior_files(fit_to_corpus(run.model, run.train_set.ids, run.tok, seed=run.cfg.train.seed),
@@ -718,9 +717,25 @@ def _final_files(run: TrainingRun) -> dict[str, bytes]:
     return files
 
 
+def training_words(run: TrainingRun) -> Any:
+    """The words of the training corpus (:class:`textvae.generate.SeenWords`), built once per run;
+    None for a tokenizer without word markers (decoding is then not restricted)."""
+    from textvae.generate import SeenWords
+
+    if run.words is None:
+        try:
+            run.words = SeenWords.from_corpus(run.tok, run.train_set.ids)
+        except OptionError as e:
+            log.info("no training words stored: %s", e)
+            run.words = False
+    return run.words or None
+
+
 def log_prior_samples(run: TrainingRun, n: int = 5) -> None:
-    """Log a few sentences decoded from the prior (a glance at what the model has learnt)."""
-    texts, _ = sample(run.model.eval(), run.tok, n, seed=run.cfg.train.seed, strategy="sample", top_p=0.9)
+    """Log a few sentences decoded from the prior, with only words seen in training as
+    ``textvae sample`` decodes them (a glance at what the model has learnt)."""
+    texts, _ = sample(run.model.eval(), run.tok, n, seed=run.cfg.train.seed, strategy="sample", top_p=0.9,
+                      words=training_words(run))
     for t in texts:
         log.info("prior sample: %s", t)
     run.model.train()
