@@ -80,7 +80,7 @@ def run_one(path: str, split: str, n_samples: int, seed: int) -> dict:
     known = vocabulary(load_texts(dc.train, dc.train_split, dc.text_column, dc.min_words, dc.max_words))
     samples = {}
     for label in vae.label_names:
-        out, finished = vae.sample_detailed(n_samples, seed=seed, label=label)
+        out, finished = vae.sample_detailed(n_samples, seed=seed, label=label, prior="normal")
         samples[label] = {
             "asked_share": sum(p == label for p in scorer.predict(out)) / len(out),
             "distinct_2": distinct_n(out, 2),

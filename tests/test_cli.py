@@ -79,9 +79,9 @@ def test_sample_matches_the_library(cli_run, run_cli):
     loaded = ckpt.load_pretrained(cli_run)
     texts, _ = sample(loaded.model, loaded.tokenizer, 4, seed=7, strategy="sample", top_p=0.9)
     rc, out, _ = run_cli("sample", "--checkpoint", cli_run / ckpt.CHECKPOINT_DIR, "-n", "4", "--seed", "7",
-                         "--words", "any")
+                         "--words", "any", "--prior", "normal")
     assert rc == 0 and out == "".join(t + "\n" for t in texts)
-    seen = TextVAE.from_pretrained(cli_run).sample(4, seed=7)  # both default to words seen in training
+    seen = TextVAE.from_pretrained(cli_run).sample(4, seed=7)  # both default to seen words and the fitted prior
     rc, out, _ = run_cli("sample", "--checkpoint", cli_run / ckpt.CHECKPOINT_DIR, "-n", "4", "--seed", "7")
     assert rc == 0 and out == "".join(t + "\n" for t in seen)
 

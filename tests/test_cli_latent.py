@@ -288,13 +288,21 @@ def test_words_seen_without_training_data_is_a_one_line_error(run_cli, copy_run,
     with caplog.at_level("WARNING", logger="textvae"):
         rc, out, err = run_cli("sample", "--checkpoint", run, "-n", "2")  # auto: any tokens, with a warning
     assert rc == 0 and len(out.splitlines()) == 2 and "not at hand" in caplog.text
+    (run / "checkpoint" / ckpt.PRIOR).unlink()  # no stored prior and no data to fit one
+    rc, _, err = run_cli("sample", "--checkpoint", run, "-n", "2", "--prior", "fitted")
+    assert_user_error(rc, err, "sample", "no fitted prior")
+    with caplog.at_level("WARNING", logger="textvae"):
+        rc, out, err = run_cli("sample", "--checkpoint", run, "-n", "2")  # auto: N(0, I), with a warning
+    assert rc == 0 and len(out.splitlines()) == 2 and "sampling z from N(0, I)" in caplog.text
 
 
 def test_sample_from_the_fitted_prior(run_cli, trained_run):
     rc, fitted, err = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--prior", "fitted", "--seed", "1")
     assert rc == 0 and len(fitted.splitlines()) == 6, err
-    rc, normal, _ = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--seed", "1")
+    rc, normal, _ = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--seed", "1", "--prior", "normal")
     assert rc == 0 and fitted != normal
+    rc, default, _ = run_cli("sample", "--checkpoint", trained_run, "-n", "6", "--seed", "1")
+    assert rc == 0 and default == fitted  # auto: the checkpoint stores the fitted prior
 
 
 def test_evaluate_against_a_language_model(run_cli, trained_run, tmp_path):

@@ -12,7 +12,8 @@ import torch
 from helpers import tiny_config
 from textvae.data import collate
 from textvae.evaluate import (active_units, auroc, distinct_n, elbo_per_sentence, evaluate_model, iw_nll,
-                              mutual_information, posterior_params, prepare_ids, refine_posterior, self_bleu)
+                              lm_nll_per_token, mutual_information, posterior_params, prepare_ids, refine_posterior,
+                              self_bleu)
 from textvae.checkpoint import load_pretrained
 from textvae.errors import InputError
 from textvae.losses import gaussian_kl, reconstruction_nll
@@ -275,6 +276,16 @@ def test_latent_efficiency_against_a_language_model(trained, tmp_path):
     assert r["latent_efficiency"] == pytest.approx((r["lm_nll"] - r["rec"]) / r["kl"])
     assert r["iw_gap"] == pytest.approx(r["iw_nll"] - r["lm_nll"])
     assert 0.0 <= r["recon_unseen_words"] <= 1.0 and 0.0 <= r["samples"]["unseen_words"] <= 1.0
+    # the samples' fluency is the LM's exact NLL of exactly those samples, per token with eos
+    judge = (lm.model, lm.tokenizer)
+    assert r["samples"]["lm_nll_per_token"] == pytest.approx(lm_nll_per_token(judge, r["samples"]["examples"]))
+    ids = _ids(lm, r["samples"]["examples"])
+    b = collate(ids, lm.tokenizer)
+    with torch.no_grad():
+        logits, _ = lm.model.decode(b.dec_in, torch.zeros(len(ids), 0))
+    exact = reconstruction_nll(logits, b.targets, lm.tokenizer.pad_id).double().sum() / sum(len(x) + 1 for x in ids)
+    assert r["samples"]["lm_nll_per_token"] == pytest.approx(float(exact))
+    assert r["lm_nll_per_token"] > 0 and lm_nll_per_token(judge, []) is None
     with pytest.raises(InputError, match="language model"):
         evaluate_checkpoint(trained, split="valid", iw_samples=2, samples=0, lm=trained)
 

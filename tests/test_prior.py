@@ -77,3 +77,39 @@ def test_a_missing_prior_is_fitted_and_cached(copy_run):
     texts = vae.sample(3, seed=0, prior="fitted")
     assert len(texts) == 3 and (folder / ckpt.PRIOR).is_file()
     assert vae.sample(3, seed=0, prior="fitted") == TextVAE.from_pretrained(run).sample(3, seed=0, prior="fitted")
+
+
+def test_the_default_prior_is_the_fitted_one_when_the_checkpoint_has_it(copy_run):
+    from textvae import TextVAE
+    from textvae.prior import DEFAULT_PRIOR
+
+    vae = TextVAE.from_pretrained(copy_run())
+    assert DEFAULT_PRIOR == "auto"
+    stored = ckpt.load_prior(vae, fit=False)
+    assert torch.equal(vae.resolved_prior().means, stored.means) and vae.resolved_prior("normal") is None
+    assert vae.sample(4, seed=3) == vae.sample(4, seed=3, prior="fitted")
+
+
+def test_auto_prior_falls_back_to_normal_when_none_can_be_had(trained, monkeypatch, caplog):
+    from textvae.errors import CheckpointError, InputError
+
+    def unavailable(loaded, fit=True):
+        raise CheckpointError("no fitted prior and its training data cannot be read")
+
+    monkeypatch.setattr(ckpt, "load_prior", unavailable)
+    assert ckpt.resolve_prior(trained, "auto") is None and "N(0, I)" in caplog.text
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        ckpt.resolve_prior(trained, "fitted")
+    with pytest.raises(InputError, match="unknown prior"):
+        ckpt.resolve_prior(trained, "uniform")
+
+
+def test_a_language_model_has_no_prior(tmp_path):
+    from helpers import tiny_config
+    from textvae.errors import InputError
+    from textvae.train import train
+
+    lm = ckpt.load_pretrained(train(tiny_config(["model.latent_dim=0", "train.max_steps=5"]), tmp_path / "lm"))
+    assert ckpt.resolve_prior(lm, "auto") is None and ckpt.resolve_prior(lm, "normal") is None
+    with pytest.raises(InputError, match="language model"):
+        ckpt.resolve_prior(lm, "fitted")

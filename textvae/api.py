@@ -76,6 +76,7 @@ class TextVAE:
         self._words: dict[str, Any] = {}  # the training data's words per --words mode, loaded on first use
         self._known: dict[str, Optional[set[str]]] = {}  # the same words as strings (known_words)
         self._prior: Optional[Any] = None  # the fitted prior, loaded on first use
+        self._prior_tried = False
 
     # ------------------------------------------------------------------ files
 
@@ -276,8 +277,9 @@ class TextVAE:
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
                prior: str = DEFAULT_PRIOR, label: Optional[str] = None, **decode_kwargs: Any) -> list[str]:
-        """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), or 'fitted', the
-        mixture fitted to the training codes (textvae/prior.py). A conditional model writes in the
+        """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), 'fitted' the
+        mixture fitted to the training codes (textvae/prior.py), or 'auto' (the default) the fitted
+        one when it can be had, else N(0, I). A conditional model writes in the
         style of ``label`` (None: each sentence's label drawn from the uniform label prior)."""
         return self.sample_detailed(n, seed, strategy, top_p, prior, label, **decode_kwargs)[0]
 
@@ -295,9 +297,18 @@ class TextVAE:
         words = decode_kwargs.pop("words", ckpt.DEFAULT_WORDS)
         if isinstance(words, str):
             words = self.seen_words(words)
-        fitted = self.fitted_prior() if prior == "fitted" else None
+        fitted = self.resolved_prior(prior)
         return sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size, prior=fitted,
                       label=index, strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
+
+    def resolved_prior(self, mode: str = DEFAULT_PRIOR) -> Any:
+        """The prior of ``mode`` (:data:`textvae.prior.PRIORS`): the fitted mixture, or None for N(0, I)."""
+        if mode == "fitted":
+            return self.fitted_prior()
+        if mode == "auto" and self._prior is None and not self._prior_tried:
+            self._prior_tried = True  # a prior that cannot be had is looked for once
+            self._prior = ckpt.resolve_prior(self, "auto")
+        return self._prior if mode == "auto" else None
 
     def fitted_prior(self) -> Any:
         """The mixture fitted to the training codes (fitted and cached in the folder when missing)."""

@@ -525,6 +525,29 @@ def prior_files(gm: Any, model: torch.nn.Module) -> dict[str, bytes]:
     return {PRIOR: tensors, PRIOR_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
 
 
+def resolve_prior(loaded: Loaded, mode: str) -> Optional[Any]:
+    """The prior of ``--prior`` ``mode`` (see :data:`textvae.prior.PRIORS`): the fitted mixture, or
+    None for N(0, I)."""
+    from textvae.errors import InputError
+    from textvae.prior import PRIORS
+
+    if mode not in PRIORS:
+        raise InputError(f"unknown prior {mode!r}; use one of {', '.join(PRIORS)}")
+    if mode == "normal":
+        return None
+    if loaded.model.is_lm:
+        if mode == "fitted":
+            raise InputError("this checkpoint is a language model (latent_dim 0): it has no prior to fit")
+        return None
+    if mode == "fitted":
+        return load_prior(loaded)
+    try:
+        return load_prior(loaded)
+    except CheckpointError as e:
+        log.warning("sampling z from N(0, I): %s", str(e)[:300])
+        return None
+
+
 def load_prior(loaded: Loaded, fit: bool = True) -> Any:
     """The checkpoint's fitted prior; one that is missing (or was fitted to other weights) is
     fitted now to the config's training data and cached, when ``fit`` is set."""

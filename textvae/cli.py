@@ -63,7 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     loaded = ckpt.load_pretrained(args.checkpoint, device=_device(args.device))
     lm = ckpt.load_pretrained(args.lm_checkpoint, device=_device(args.device)) if args.lm_checkpoint else None
-    prior = ckpt.load_prior(loaded) if args.prior == "fitted" else None
+    prior = ckpt.resolve_prior(loaded, args.prior)
     report = evaluate_checkpoint(loaded, args.data, args.split, args.text_column, args.max_words, args.limit,
                                  args.iw_samples, args.batch_size, args.mi_batch_size, args.au_threshold,
                                  args.samples, args.seed, lm, ckpt.load_seen_words(loaded, args.words), prior,
@@ -461,7 +461,8 @@ def _add_prior(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
                    help="normal: z ~ N(0, I); fitted: z from the Gaussian mixture fitted to the training codes "
-                        f"(fitted and stored in the checkpoint when missing) (default: {DEFAULT_PRIOR})")
+                        "(fitted and stored in the checkpoint when missing); auto: fitted when the checkpoint "
+                        f"stores it or its training data can be read, else normal (default: {DEFAULT_PRIOR})")
 
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:

@@ -495,7 +495,8 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                    batch_size: int = 32, mi_batch_size: int = 128, au_threshold: float = AU_THRESHOLD,
                    n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
                    seed: int = 0, lm_nll: Optional[torch.Tensor] = None, decode_kwargs: Optional[dict] = None,
-                   prior: Optional[Any] = None, refine_steps: int = 0) -> dict:
+                   prior: Optional[Any] = None, refine_steps: int = 0,
+                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None) -> dict:
     """Every figure of ``textvae evaluate`` for ``texts``, each with its convention.
 
     Args:
@@ -506,6 +507,8 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
         decode_kwargs: decoding options of the reconstructions and samples (e.g. ``words``).
         prior: the prior samples are drawn from (see :func:`textvae.generate.sample`; None: N(0, I)).
         refine_steps: reconstruct from posterior means refined at encode time (:func:`refine_posterior`).
+        lm: the language-model baseline itself (model, tokenizer): the prior samples are scored by
+            it (``samples.lm_nll_per_token``: their fluency to a judge that never saw z).
     """
     ids, truncated = prepare_ids(tok, texts, model.cfg.max_len)
     refs = [tok.decode(x) for x in ids]  # what the model can reproduce (after truncation)
@@ -517,8 +520,18 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                                       au_threshold, seed, lm_nll))
     report.update(_reconstruction_figures(model, tok, ids, refs, known, decode_kwargs or {}, refine_steps))
     report["samples"] = _sample_figures(model, tok, n_samples, top_p, seed, training_texts, known,
-                                        decode_kwargs or {}, prior)
+                                        decode_kwargs or {}, prior, lm)
     return report
+
+
+def lm_nll_per_token(lm: tuple[SentenceVAE, Tokenizer], texts: Sequence[str]) -> Optional[float]:
+    """A language model's exact NLL of ``texts`` per token (eos counted), over the whole set: how
+    fluent the texts are to a judge that has never seen z. None for no texts."""
+    model, tok = lm
+    if not texts:
+        return None
+    ids, _ = prepare_ids(tok, texts, model.cfg.max_len)
+    return float(iw_nll(model, ids, tok, k=1).sum()) / sum(len(x) + 1 for x in ids)
 
 
 def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]], data: dict, iw_samples: int,
@@ -571,7 +584,7 @@ def _reconstruction_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[i
 
 def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, seed: int,
                     training_texts: Optional[Sequence[str]], known: Optional[set[str]], decode_kwargs: dict,
-                    prior: Optional[Any]) -> dict:
+                    prior: Optional[Any], lm: Optional[tuple[SentenceVAE, Tokenizer]] = None) -> dict:
     from textvae.generate import sample
 
     texts, finished = (sample(model, tok, n, seed=seed, prior=prior, strategy="sample", top_p=top_p, **decode_kwargs)
@@ -586,6 +599,7 @@ def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, se
         "mean_words": sum(len(t.split()) for t in texts) / max(n, 1),
         "copied_rate": (sum(t in train_set for t in texts) / max(n, 1)) if train_set is not None else None,
         "unseen_words": unseen_word_rate(texts, known) if known is not None else None,
+        "lm_nll_per_token": lm_nll_per_token(lm, texts) if lm is not None else None,
         "examples": texts[:10],
     }
 
@@ -645,7 +659,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
     report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=iw_samples, batch_size=batch_size,
                             mi_batch_size=mi_batch_size, au_threshold=au_threshold, n_samples=samples,
                             training_texts=train_texts, seed=seed, lm_nll=lm_nll, decode_kwargs={"words": words},
-                            prior=prior, refine_steps=refine_steps)
+                            prior=prior, refine_steps=refine_steps,
+                            lm=(lm.model, lm.tokenizer) if lm is not None else None)
     report["decoding"] = {"words": "seen in training" if words is not None else "any",
                           "prior": "fitted mixture" if prior is not None else "N(0, I)",
                           "refine_steps": refine_steps}
@@ -653,6 +668,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
     report["data"]["source"] = source
     if lm is not None:
         report["lm_checkpoint"] = str(lm.path)
+        # the yardstick of the samples' lm_nll_per_token: the same LM on the held-out sentences
+        report["lm_nll_per_token"] = float(lm_nll.sum()) / sum(len(x) + 1 for x in lm_ids)
     if report["data"]["truncated"]:
         log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
                     report["data"]["truncated"], loaded.config.model.max_len)
@@ -687,6 +704,10 @@ def format_report(r: dict) -> str:
         ("samples copied", _pct(s["copied_rate"]), "verbatim training sentences"),
         ("samples unseen words", _pct(s.get("unseen_words")), "words never seen in training"),
     ]
+    if s.get("lm_nll_per_token") is not None:
+        rows.append(("samples LM NLL per token", f"{s['lm_nll_per_token']:.3f}",
+                     f"fluency: the --lm-checkpoint model's exact NLL of the samples (held-out text: "
+                     f"{r['lm_nll_per_token']:.3f})"))
     if r.get("lm_nll") is not None:
         rows[5:5] = [("LM baseline NLL", f"{r['lm_nll']:.2f}", "nats/sentence, exact, the --lm-checkpoint model"),
                      ("IW-NLL - LM NLL", f"{r['iw_gap']:+.2f}", "nats/sentence: what the latent costs as an LM"),

@@ -17,8 +17,11 @@ from typing import Any, Optional
 
 import torch
 
-PRIORS = ("normal", "fitted")
-DEFAULT_PRIOR = "normal"
+PRIORS = ("auto", "normal", "fitted")
+"""Where prior samples come from: 'normal' N(0, I); 'fitted' the mixture fitted to the training codes
+(fitted and stored when missing); 'auto' the fitted mixture when the checkpoint stores one or its
+training data can be read to fit one, else N(0, I)."""
+DEFAULT_PRIOR = "auto"
 COMPONENTS = 16
 """Mixture components of the fitted prior."""
 MIN_VAR = 1e-4  # floor on a component's variance per dimension (a component may not collapse onto a point)

@@ -96,9 +96,9 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
 
     Pretrained weights get their own groups when model.encoder.lr / model.decoder.lr differ from
     train.lr: a group's ``lr_scale`` multiplies the scheduled learning rate. Frozen weights are left out.
-    A from-scratch encoder with model.encoder.lr set gets it too, with the posterior head: a lagging
-    encoder (He et al. 2019) learns q(z|x) more slowly than the decoder learns to do without z, and a
-    higher encoder rate is a cheap way to let it keep up.
+    A from-scratch encoder with model.encoder.lr set gets it too, with the posterior head. He et al.
+    2019 speed a lagging encoder up; on the bundled corpus the opposite measured better (a slower
+    encoder moves the codes less while the decoder learns to read them; docs/quality.md).
     """
     part_lr = {"encoder": cfg.model.encoder.lr, "decoder": cfg.model.decoder.lr}
     scales = {prefix: part_lr[part] / cfg.train.lr if part_lr[part] else 1.0
@@ -254,6 +254,7 @@ class TrainingRun:
     position: int = 0
     skipped: int = 0
     words: Any = None  # the training words (SeenWords) once built by training_words, False if none
+    prior: Any = None  # the prior fitted to the final codes (textvae/prior.py), once the final files are written
 
     @property
     def ckpt_dir(self) -> Path:
@@ -707,8 +708,8 @@ def _final_files(run: TrainingRun) -> dict[str, bytes]:
         files.update(ckpt.seen_words_files(words))
     if run.model.is_lm:
         return files
-    files.update(ckpt.prior_files(fit_to_corpus(run.model, run.train_set.ids, run.tok, seed=run.cfg.train.seed),
-                                  run.model))
+    run.prior = fit_to_corpus(run.model, run.train_set.ids, run.tok, seed=run.cfg.train.seed)
+    files.update(ckpt.prior_files(run.prior, run.model))
     if run.train_set.labels is not None:
         dc = run.cfg.data
         info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=run.step)
@@ -732,10 +733,10 @@ def training_words(run: TrainingRun) -> Any:
 
 
 def log_prior_samples(run: TrainingRun, n: int = 5) -> None:
-    """Log a few sentences decoded from the prior, with only words seen in training as
-    ``textvae sample`` decodes them (a glance at what the model has learnt)."""
+    """Log a few sentences decoded from the prior, as ``textvae sample`` decodes them (only words seen
+    in training, z from the fitted prior once there is one): a glance at what the model has learnt."""
     texts, _ = sample(run.model.eval(), run.tok, n, seed=run.cfg.train.seed, strategy="sample", top_p=0.9,
-                      words=training_words(run))
+                      words=training_words(run), prior=run.prior)
     for t in texts:
         log.info("prior sample: %s", t)
     run.model.train()
