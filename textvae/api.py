@@ -75,8 +75,7 @@ class TextVAE:
         self.judges: dict[str, Any] = {}  # style judges of transfer, loaded (or trained) on first use
         self._words: dict[str, Any] = {}  # the training data's words per --words mode, loaded on first use
         self._known: dict[str, Optional[set[str]]] = {}  # the same words as strings (known_words)
-        self._prior: Optional[Any] = None  # the fitted prior, loaded on first use
-        self._prior_tried = False
+        self._priors: dict[str, Any] = {}  # the prior per --prior mode (None: N(0, I)), resolved on first use
 
     # ------------------------------------------------------------------ files
 
@@ -302,21 +301,15 @@ class TextVAE:
                       label=index, strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
 
     def resolved_prior(self, mode: str = DEFAULT_PRIOR) -> Any:
-        """The prior of ``mode`` (:data:`textvae.prior.PRIORS`): the fitted mixture, or None for N(0, I)."""
-        if mode == "fitted":
-            return self.fitted_prior()
-        if mode == "auto" and self._prior is None and not self._prior_tried:
-            self._prior_tried = True  # a prior that cannot be had is looked for once
-            self._prior = ckpt.resolve_prior(self, "auto")
-        return self._prior if mode == "auto" else None
+        """The prior of ``mode`` (see :func:`textvae.checkpoint.resolve_prior`): the fitted mixture,
+        or None for N(0, I); looked up once per mode."""
+        if mode not in self._priors:
+            self._priors[mode] = ckpt.resolve_prior(self, mode)
+        return self._priors[mode]
 
     def fitted_prior(self) -> Any:
         """The mixture fitted to the training codes (fitted and cached in the folder when missing)."""
-        if self._prior is None:
-            if self.model.is_lm:
-                raise InputError("this checkpoint is a language model (latent_dim 0): it has no prior to fit")
-            self._prior = ckpt.load_prior(self)
-        return self._prior
+        return self.resolved_prior("fitted")
 
     def reconstruct(self, sentences: Sentences, strategy: str = "greedy", seed: int = 0,
                     **decode_kwargs: Any) -> list[str]:
