@@ -134,7 +134,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
         f"{first['au_threshold']}; reconstruction BLEU: greedy from the posterior mean, sacreBLEU "
         f"({first['bleu_signature']}); latent efficiency: (LM NLL - rec) / KL, reconstruction nats bought per "
         "nat of KL; unseen words: share of output words (whitespace, punctuation stripped, lowercased) that "
-        "never occur in the training file; decoding any token sequence; OOD AUROC: probability that a held-out test sentence has a lower "
+        "never occur in the training file; decoding any token sequence; OOD AUROC: probability that a held-out "
+        "test sentence has a lower "
         f"IW-NLL per token (K = {args.ood_iw_samples}) than a sentence of `{args.ood}`.",
         "",
         "| model | samples distinct-2 | self-BLEU | mean words | ending in eos | copied from training | "

@@ -374,6 +374,7 @@ def test_training_log_samples_use_only_training_words(tmp_path, caplog):
              for w in words_of(t)}
     with caplog.at_level(logging.INFO, logger="textvae"):
         log_prior_samples(run, n=20)
-    samples = [r.getMessage().split("prior sample: ", 1)[1] for r in caplog.records if "prior sample: " in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records]
+    samples = [m.split("prior sample: ", 1)[1] for m in logged if "prior sample: " in m]
     assert len(samples) == 20 and any(words_of(s) for s in samples)
     assert unseen_word_rate(samples, known) == 0.0

@@ -531,7 +531,12 @@ def lm_nll_per_token(lm: tuple[SentenceVAE, Tokenizer], texts: Sequence[str]) ->
     if not texts:
         return None
     ids, _ = prepare_ids(tok, texts, model.cfg.max_len)
-    return float(iw_nll(model, ids, tok, k=1).sum()) / sum(len(x) + 1 for x in ids)
+    return per_token(iw_nll(model, ids, tok, k=1), ids)
+
+
+def per_token(nll: torch.Tensor, ids: list[list[int]]) -> float:
+    """Per-sentence NLLs summed and divided by the tokens they cover (eos counted, bos not)."""
+    return float(nll.sum()) / sum(len(x) + 1 for x in ids)
 
 
 def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]], data: dict, iw_samples: int,
@@ -669,7 +674,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
     if lm is not None:
         report["lm_checkpoint"] = str(lm.path)
         # the yardstick of the samples' lm_nll_per_token: the same LM on the held-out sentences
-        report["lm_nll_per_token"] = float(lm_nll.sum()) / sum(len(x) + 1 for x in lm_ids)
+        report["lm_nll_per_token"] = per_token(lm_nll, lm_ids)
     if report["data"]["truncated"]:
         log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
                     report["data"]["truncated"], loaded.config.model.max_len)
