@@ -3,9 +3,9 @@
     python scripts/benchmark_quality.py --lm runs/lm runs/default runs/other --out docs/quality.md
     python scripts/benchmark_quality.py --lm runs/lm runs/default --split test --limit 0
 
-For each checkpoint, on the held-out split (``--split``, default valid), twice: on sentences of the
-checkpoint's own word filter (data.max_words) and on every sentence that fits model.max_len
-(``--max-words 0``):
+For each checkpoint, on the held-out split (``--split``, default valid), twice: on the sentences of at
+most ``--max-words`` words (default: the checkpoint's data.max_words, or 25 when it keeps every
+length) and on every sentence that fits model.max_len:
 
 - latent efficiency (LM NLL - reconstruction) / KL, and IW-NLL - LM NLL, against ``--lm`` (the
   same decoder without z, trained on the same data and budget);
@@ -42,10 +42,10 @@ def measure(path: str, lm, args: argparse.Namespace) -> dict:
     loaded = ckpt.load_pretrained(path)
     seen = ckpt.load_seen_words(loaded, "seen")
     fitted = ckpt.load_prior(loaded)
-    out = {"path": path, "step": loaded.meta.get("step"), "max_len": loaded.config.model.max_len,
-           "max_words": loaded.config.data.max_words}
+    short = args.max_words or loaded.config.data.max_words or 25
+    out = {"path": path, "step": loaded.meta.get("step"), "max_len": loaded.config.model.max_len, "max_words": short}
     common = dict(data=args.data, split=args.split, limit=args.limit, iw_samples=args.iw_samples, seed=args.seed)
-    for filt, max_words in (("filtered", None), ("all", 0)):
+    for filt, max_words in (("filtered", short), ("all", 0)):
         t0 = time.perf_counter()
         full = evaluate_checkpoint(loaded, max_words=max_words, samples=args.samples, lm=lm, words=None, **common)
         constrained = _decode_only(loaded, seen, None, max_words, args)
@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--data", help="held-out file (default: the checkpoint config's for --split)")
     ap.add_argument("--split", default="valid", choices=("valid", "test"))
     ap.add_argument("--limit", type=int, default=0, help="first N sentences (0: all)")
+    ap.add_argument("--max-words", type=int, default=0,
+                    help="the first pass's word filter (default: the checkpoint's data.max_words, or 25 without one)")
     ap.add_argument("--iw-samples", type=int, default=100)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)

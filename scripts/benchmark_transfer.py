@@ -1,10 +1,10 @@
 """Style-transfer benchmark on the bundled Bible: KJV -> WEB and WEB -> KJV by latent arithmetic.
 
 For each direction, the inputs are the held-out books' verses in the source style that pass the
-checkpoint's own data filters (data.min_words..data.max_words words), the references are the
-same verses in the target style (data/bible/*_parallel.jsonl.gz, joined on the verse id), and
-the report compares the default transfer with the copy baseline (output = input), the
-references themselves, and a sweep of strengths for every method. Everything is computed by
+checkpoint's own data filters (data.min_words..data.max_words words, or ``--max-words``), the
+references are the same verses in the target style (data/bible/*_parallel.jsonl.gz, joined on
+the verse id), and the report compares the default transfer with the copy baseline (output =
+input), the references themselves, and a sweep of strengths for every method. Everything is computed by
 ``textvae.transfer.evaluate_checkpoint``, the function behind ``textvae evaluate-transfer``.
 
     python scripts/benchmark_transfer.py --checkpoint runs/default                 # test books
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (with attribute vectors)")
     p.add_argument("--split", choices=tuple(FILES), default="test", help="held-out books (default: test)")
     p.add_argument("--limit", type=int, default=0, help="first N inputs per direction (0: all)")
+    p.add_argument("--max-words", type=int, default=None,
+                   help="inputs of at most N words (default: the checkpoint's data.max_words; 0: any length)")
     p.add_argument("--method", default=None, help="the transfer to report (default: textvae's default)")
     p.add_argument("--alpha", type=float, default=None, help="its strength (default: the method's default)")
     p.add_argument("--sweep", default="1,2,4,6,8", help="strengths of the sweep (comma-separated)")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         clf = classifier_for(vae, seed=args.seed)  # trained and cached here, before any worker needs them
         judge = judge_for(vae)
         task = {"checkpoint": args.checkpoint, "device": args.device, "data": data, "parallel": parallel,
-                "limit": args.limit, "method": args.method, "alpha": args.alpha, "seed": args.seed,
+                "limit": args.limit, "max_words": args.max_words, "method": args.method, "alpha": args.alpha,
+                "seed": args.seed,
                 "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
                 "methods": [m.strip() for m in args.methods.split(",") if m.strip()]}
         if args.jobs > 1:
@@ -88,15 +91,17 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python scripts/benchmark_transfer.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     c = clf.info
+    max_words = dc.max_words if args.max_words is None else args.max_words
     lines = [
         f"# Style transfer by latent arithmetic: KJV <-> WEB, {args.split} books",
         "",
         f"Reproduce with `{command}` (checkpoint `{args.checkpoint}`, trained for {vae.meta.get('step')} steps; "
         f"latent_dim {vae.latent_dim}, model.max_len {vae.model.cfg.max_len} tokens).",
         "",
-        f"Inputs: the {args.split} books' verses ({data}) in the source style that pass the checkpoint's own data "
-        f"filters, {dc.min_words} to {dc.max_words or 'any number of'} words (the model was trained on such verses "
-        f"only); references: the same verses in the target style ({parallel}, joined on `id`)"
+        f"Inputs: the {args.split} books' verses ({data}) in the source style of {dc.min_words} to "
+        f"{max_words or 'any number of'} words (the model was trained on verses of {dc.min_words} to "
+        f"{dc.max_words or 'any number of'} words); references: the same verses in the target style ({parallel}, "
+        "joined on `id`)"
         + (f"; first {args.limit} per direction" if args.limit else "") + ".",
         "",
         f"Style accuracy: share of outputs that textvae's style classifier labels as the target style. "
@@ -152,7 +157,8 @@ def _direction(task: dict, direction: tuple[str, str]) -> dict:
     vae = TextVAE.from_pretrained(task["checkpoint"], device=task["device"])
     opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"])
     r = evaluate_checkpoint(vae, source, target, opts, data=task["data"], label_column="style", refs=task["parallel"],
-                            refs_column=target, id_column="id", limit=task["limit"], sweep=task["sweep"],
+                            refs_column=target, id_column="id", limit=task["limit"], max_words=task["max_words"],
+                            sweep=task["sweep"],
                             methods=task["methods"])
     r["seconds"] = time.perf_counter() - t0
     return r

@@ -113,3 +113,24 @@ def test_a_language_model_has_no_prior(tmp_path):
     assert ckpt.resolve_prior(lm, "auto") is None and ckpt.resolve_prior(lm, "normal") is None
     with pytest.raises(InputError, match="language model"):
         ckpt.resolve_prior(lm, "fitted")
+
+
+def test_training_encodes_its_corpus_once_for_the_prior_and_the_attributes(trained):
+    """The final checkpoint's prior and attribute vectors come from one encoding of the training
+    set: each equals what it computes with its own encoding pass."""
+    from textvae.data import prepare_split
+    from textvae.prior import fit_to_corpus
+    from textvae.transfer import corpus_attributes
+
+    dc, model = trained.config.data, trained.model
+    corpus, names = prepare_split(dc.train, "train", trained.tokenizer, trained.config.model.max_len,
+                                  text_column=dc.text_column, label_column=dc.label_column, min_words=dc.min_words,
+                                  max_words=dc.max_words, label_names=trained.label_names)
+    stored = ckpt.load_prior(trained, fit=False)
+    alone = fit_to_corpus(model, corpus.ids, trained.tokenizer, seed=trained.config.train.seed)
+    assert torch.allclose(stored.means, alone.means, atol=1e-4)
+    assert torch.allclose(stored.weights, alone.weights, atol=1e-4)
+    attrs = ckpt.load_attributes(trained.path, model)
+    again = corpus_attributes(model, corpus, trained.tokenizer, names)
+    assert attrs is not None and attrs.labels == again.labels
+    assert torch.allclose(attrs.means, again.means, atol=1e-5)

@@ -378,3 +378,59 @@ def test_training_log_samples_use_only_training_words(tmp_path, caplog):
     samples = [m.split("prior sample: ", 1)[1] for m in logged if "prior sample: " in m]
     assert len(samples) == 20 and any(words_of(s) for s in samples)
     assert unseen_word_rate(samples, known) == 0.0
+
+
+def test_keep_best_keeps_the_best_validation_weights(tmp_path):
+    """train.keep_best: <run>/best holds the weights of the lowest validation -ELBO (re-evaluating
+    them gives the logged figure), the final checkpoint's files fitted to those weights, and a
+    stopped-and-resumed run ends with the same best checkpoint as an uninterrupted one."""
+    from textvae.data import prepare_split
+    from textvae.evaluate import evaluate_elbo
+    from textvae.train import BEST_DIR
+
+    cfg = tiny_config(["train.max_steps=20", "train.eval_every=4", "train.save_every=4", "train.keep_best=neg_elbo"])
+    a, b = tmp_path / "A", tmp_path / "B"
+    train(cfg, a)
+    valid = [r for r in read_jsonl(a / "metrics.jsonl") if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [4, 8, 12, 16, 20]
+    best = min(valid, key=lambda r: r["neg_elbo"])
+    meta = ckpt.read_meta(a / BEST_DIR)
+    assert meta["best"] == {"metric": "neg_elbo", "value": pytest.approx(best["neg_elbo"]), "step": best["step"]}
+    assert meta["final"] is True
+
+    loaded = ckpt.load_pretrained(a / BEST_DIR)
+    corpus, _ = prepare_split(cfg.data.valid, "validation", loaded.tokenizer, cfg.model.max_len,
+                              min_words=cfg.data.min_words, max_words=cfg.data.max_words)
+    again = evaluate_elbo(loaded.model, corpus, loaded.tokenizer, batch_size=2 * cfg.data.batch_size, seed=cfg.train.seed)
+    assert again["neg_elbo"] == pytest.approx(best["neg_elbo"], rel=1e-4)
+    assert ckpt.load_prior(loaded, fit=False) is not None  # fitted to the best weights, not the last ones
+    assert ckpt.load_seen_words(loaded, "seen") is not None
+
+    train(cfg, b, stop_after=10)
+    train(cfg, b, resume=True)
+    assert ckpt.read_meta(b / BEST_DIR)["best"] == meta["best"]
+    assert file_hashes(b / BEST_DIR)[ckpt.WEIGHTS] == file_hashes(a / BEST_DIR)[ckpt.WEIGHTS]
+
+
+def test_keep_best_after_the_last_improvement_fits_the_files_to_the_stored_weights(tmp_path):
+    """When the best validation came before the last step, the final files of <run>/best are
+    computed from the weights stored there, not from the model in memory."""
+    from textvae.train import BEST_DIR, finish_best, setup, train_step, validate
+
+    run = setup(tiny_config(["train.max_steps=5", "train.keep_best=rec"]), tmp_path / "run")
+    validate(run)  # step 0: the only validation, so the best
+    batches = run.batches(0, 0)
+    for _ in range(3):
+        train_step(run, batches)
+    finish_best(run)
+    loaded = ckpt.load_pretrained(tmp_path / "run" / BEST_DIR)
+    assert loaded.meta["best"]["step"] == 0 and loaded.meta["final"] is True
+    assert ckpt.load_prior(loaded, fit=False) is not None
+    assert ckpt.weights_digest(loaded.model) != ckpt.weights_digest(run.model)
+
+
+def test_keep_best_needs_validation_data_and_a_known_metric():
+    with pytest.raises(ConfigError, match="data.valid"):
+        tiny_config(["train.keep_best=rec", "data.valid="])
+    with pytest.raises(ConfigError, match="none, neg_elbo, rec"):
+        tiny_config(["train.keep_best=elbo"])

@@ -306,6 +306,9 @@ class WordDropoutConfig:
             raise ConfigError("train.word_dropout.warmup_steps must be >= 0")
 
 
+KEEP_BEST = ("none", "neg_elbo", "rec")  # train.keep_best: which validation figure picks <run>/best
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation loop (``textvae/train.py``)."""
@@ -342,6 +345,10 @@ class TrainConfig:
     """Validation batches per evaluation; 0 means the whole validation set."""
     save_every: int = 500
     """Write a checkpoint every this many steps (and at the end); 0 only at the end."""
+    keep_best: str = "none"
+    """Also keep the weights of the best validation so far in <run>/best, a checkpoint like the
+    final one (sampling, transfer, evaluation) that cannot be resumed: 'none', 'neg_elbo' (the
+    -ELBO at beta 1, the likelihood bound) or 'rec' (the reconstruction NLL). Needs data.valid."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
@@ -357,6 +364,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice("train.keep_best", self.keep_best, KEEP_BEST)
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.max_steps < 1 or self.grad_accum < 1:
@@ -389,6 +397,8 @@ class Config:
         if self.model.decoder.type == "pretrained" and self.tokenizer.kind != "pretrained":
             raise ConfigError("model.decoder.type 'pretrained' reads and writes its own vocabulary: set tokenizer.kind=pretrained "
                               "and tokenizer.path to the decoder's folder")
+        if self.train.keep_best != "none" and not self.data.valid:
+            raise ConfigError("train.keep_best picks the best checkpoint by validation: set data.valid")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -442,7 +452,7 @@ def _check_int(name: str, value: int) -> int:
     return value
 
 
-_NONE_IS_A_VALUE = {"model.conditional"}  # string keys for which 'none' is a choice, not an empty value
+_NONE_IS_A_VALUE = {"model.conditional", "train.keep_best"}  # string keys for which 'none' is a choice, not an empty value
 
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:

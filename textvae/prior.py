@@ -90,13 +90,15 @@ def fit_mixture(z: torch.Tensor, components: int = COMPONENTS, iterations: int =
     return GaussianMixture(gm.weights.float(), gm.means.float(), gm.variances.float(), gm.info)
 
 
-def fit_to_corpus(model: Any, ids: list[list[int]], tok: Any, components: int = COMPONENTS, seed: int = 0
-                  ) -> GaussianMixture:
+def fit_to_corpus(model: Any, ids: list[list[int]], tok: Any, components: int = COMPONENTS, seed: int = 0,
+                  posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> GaussianMixture:
     """The fitted prior of a model: one z ~ q(z|x) per sentence of a tokenised corpus (token-id
-    lists), then :func:`fit_mixture`."""
+    lists), then :func:`fit_mixture`. ``posterior``: the corpus's (mu, logvar) when already computed."""
     from textvae.evaluate import posterior_params
 
-    mu, logvar = (t.cpu() for t in posterior_params(model, ids, tok, batch_size=256))
+    if posterior is None:
+        posterior = posterior_params(model, ids, tok, batch_size=256)
+    mu, logvar = (t.cpu() for t in posterior)
     g = torch.Generator().manual_seed(seed)
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
     return fit_mixture(z, min(components, len(ids)), seed=seed)

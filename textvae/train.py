@@ -223,6 +223,9 @@ def resumed_config(cfg: Config, saved: Config, out_dir: Path) -> Config:
 # --------------------------------------------------------------------------- setup
 
 
+BEST_DIR = "best"  # train.keep_best: the run folder's best-validation checkpoint
+
+
 @dataclass
 class TrainingRun:
     """What :func:`setup` builds for a run, and where the run stands.
@@ -255,6 +258,11 @@ class TrainingRun:
     skipped: int = 0
     words: Any = None  # the training words (SeenWords) once built by training_words, False if none
     prior: Any = None  # the prior fitted to the final codes (textvae/prior.py), once the final files are written
+    best: Optional[dict[str, Any]] = None  # train.keep_best: metric, value and step of <run>/best
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / BEST_DIR
 
     @property
     def ckpt_dir(self) -> Path:
@@ -480,6 +488,9 @@ def _restore_position(run: TrainingRun, state: dict[str, Any]) -> None:
     if "scaler" in state and run.precision == "fp16":
         run.scaler.load_state_dict(state["scaler"])
     run.step, run.epoch, run.position, run.skipped = (int(state[k]) for k in ("step", "epoch", "position", "skipped"))
+    best = state.get("best")
+    if best and best.get("metric") == run.cfg.train.keep_best and run.best_dir.is_dir():
+        run.best = {"metric": str(best["metric"]), "value": float(best["value"]), "step": int(best["step"])}
     # each rank continues its own random stream (rank 0's for all when the world size changed)
     ranks = state.get("rng_ranks")
     _set_rng_state(ranks[run.dist.rank] if ranks is not None and len(ranks) == run.dist.world_size else state["rng"],
@@ -658,7 +669,41 @@ def validate(run: TrainingRun) -> dict[str, float]:
     run.metrics.write({"step": run.step, "split": "valid", **res})
     log.info("step %d valid: rec %.2f  KL %.2f  -ELBO %.2f  active units %d/%d",
              run.step, res["rec"], res["kl"], res["neg_elbo"], res["active_units"], run.cfg.model.latent_dim)
+    keep_best(run, res)
     return res
+
+
+def keep_best(run: TrainingRun, res: dict[str, float]) -> None:
+    """train.keep_best: write the weights to <run>/best when this validation beats every earlier
+    one (a model checkpoint without trainer state; :func:`finish_best` adds the final files)."""
+    metric = run.cfg.train.keep_best
+    if metric == "none" or not res:
+        return
+    value = float(res[metric])
+    if run.best is not None and not value < run.best["value"]:
+        return
+    run.best = {"metric": metric, "value": value, "step": run.step}
+    meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
+            "step": run.step, "final": False, "best": run.best}
+    ckpt.save_checkpoint(run.best_dir, run.model, run.tok, run.cfg, meta=meta)
+    log.info("step %d: best validation %s so far (%.2f): weights kept in %s", run.step, metric, value, run.best_dir)
+
+
+def finish_best(run: TrainingRun) -> None:
+    """At the end of training, give <run>/best what the final checkpoint has from its weights:
+    the training words, the prior fitted to its codes and the attribute vectors."""
+    if run.best is None or not run.dist.is_main:
+        return
+    if run.best["step"] == run.step:
+        model = run.model
+    else:
+        model = ckpt.load_pretrained(run.best_dir, device=run.device).model
+    files, _ = _final_files(run, model, run.best["step"])
+    meta = {**ckpt.read_meta(run.best_dir), "final": True}
+    files[ckpt.CONFIG] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")  # last: the folder is complete
+    ckpt.write_files(run.best_dir, files)
+    log.info("best checkpoint: step %d, validation %s %.2f: %s", run.best["step"], run.best["metric"],
+             run.best["value"], run.best_dir)
 
 
 def reset_decoder(run: TrainingRun) -> None:
@@ -689,33 +734,40 @@ def save(run: TrainingRun, final: bool = False) -> None:
         trainer_state["rng_ranks"] = rngs
     if run.precision == "fp16":
         trainer_state["scaler"] = run.scaler.state_dict()
-    extra = _final_files(run) if final else None
+    if run.best is not None:
+        trainer_state["best"] = dict(run.best)
+    extra = None
+    if final:
+        extra, run.prior = _final_files(run, run.model, run.step)
     meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
             "step": run.step, "final": final}
     ckpt.save_checkpoint(run.ckpt_dir, run.model, run.tok, run.cfg, meta=meta, trainer_state=trainer_state,
                          extra_files=extra)
 
 
-def _final_files(run: TrainingRun) -> dict[str, bytes]:
-    """What the final checkpoint adds, from the final weights and the training data: the training
-    words (decoding only seen words), the prior fitted to the codes (textvae/prior.py) and, for a
-    labelled corpus, the attribute vectors of style transfer (textvae/transfer.py)."""
+def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[str, bytes], Any]:
+    """What a final checkpoint adds, from ``model``'s weights (those of ``step``) and the training
+    data: the training words (decoding only seen words), the prior fitted to the codes
+    (textvae/prior.py) and, for a labelled corpus, the attribute vectors of style transfer
+    (textvae/transfer.py). Returns the files and the fitted prior (None for a language model)."""
+    from textvae.evaluate import posterior_params
     from textvae.prior import fit_to_corpus
 
     files: dict[str, bytes] = {}
     words = training_words(run)
     if words is not None:
         files.update(ckpt.seen_words_files(words))
-    if run.model.is_lm:
-        return files
-    run.prior = fit_to_corpus(run.model, run.train_set.ids, run.tok, seed=run.cfg.train.seed)
-    files.update(ckpt.prior_files(run.prior, run.model))
+    if model.is_lm:
+        return files, None
+    posterior = posterior_params(model, run.train_set.ids, run.tok, batch_size=256)  # one pass for both
+    prior = fit_to_corpus(model, run.train_set.ids, run.tok, seed=run.cfg.train.seed, posterior=posterior)
+    files.update(ckpt.prior_files(prior, model))
     if run.train_set.labels is not None:
         dc = run.cfg.data
-        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=run.step)
-        attrs = corpus_attributes(run.model, run.train_set, run.tok, run.label_names, info)
+        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=step)
+        attrs = corpus_attributes(model, run.train_set, run.tok, run.label_names, info, mu=posterior[0])
         files.update(ckpt.attribute_files(attrs))
-    return files
+    return files, prior
 
 
 def training_words(run: TrainingRun) -> Any:
@@ -796,6 +848,7 @@ def clean_leftovers(out_dir: Path) -> None:
     """What a killed run left in its folder: a checkpoint set aside mid-save is put back, and
     temporary checkpoint folders and files are removed (with the run's lock held)."""
     ckpt.repair(out_dir / ckpt.CHECKPOINT_DIR)
+    ckpt.repair(out_dir / BEST_DIR)
     for leftover in out_dir.glob(".*.tmp-*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -843,6 +896,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, stop_after: Optional[int]) 
     run.metrics.close()
     log.info("trained %d steps in %.1f s; checkpoint: %s", run.step - start_step, time.perf_counter() - window.t0,
              run.ckpt_dir)
+    if finished:
+        finish_best(run)
     if finished and run.dist.is_main:
         log_prior_samples(run)
     distributed.cleanup(run.dist)

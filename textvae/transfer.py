@@ -379,13 +379,15 @@ def _device_of(codec: Codec) -> torch.device:
 
 
 def corpus_attributes(model: Any, corpus: Any, tok: Any, label_names: Sequence[str],
-                      info: Optional[dict[str, Any]] = None) -> latent.Attributes:
+                      info: Optional[dict[str, Any]] = None, mu: Optional[torch.Tensor] = None) -> latent.Attributes:
     """Attribute vectors of a labelled, tokenised corpus (what training stores in its final checkpoint).
 
     Args:
         model: the VAE; corpus: a :class:`textvae.data.Corpus` with label indices (``corpus.labels``)
             into ``label_names``; tok: the model's tokenizer.
         info: provenance kept with the vectors (source file, label column...).
+        mu: the posterior means of every corpus row when already computed (an unconditional
+            model's: a conditional one encodes each row under its own label here).
     """
     from textvae.checkpoint import weights_digest
     from textvae.evaluate import posterior_params
@@ -394,8 +396,10 @@ def corpus_attributes(model: Any, corpus: Any, tok: Any, label_names: Sequence[s
         raise ValueError("the corpus has no labels")
     keep = [i for i, y in enumerate(corpus.labels) if y >= 0]  # unlabelled rows (-1) have no say
     ids, labels = [corpus.ids[i] for i in keep], torch.as_tensor([corpus.labels[i] for i in keep])
-    # a conditional model: q(z|x, y) under each row's own label
-    mu, _ = posterior_params(model, ids, tok, batch_size=256, labels=labels if model.conditional else None)
+    if mu is not None and not model.conditional:
+        mu = mu[torch.as_tensor(keep, dtype=torch.long)]
+    else:  # a conditional model: q(z|x, y) under each row's own label
+        mu, _ = posterior_params(model, ids, tok, batch_size=256, labels=labels if model.conditional else None)
     means, counts = latent.attribute_vectors(mu, labels, len(label_names))
     full = {"sentences": len(keep), "latent_dim": model.cfg.latent_dim, "weights_sha256": weights_digest(model),
             **(info or {})}
