@@ -401,7 +401,8 @@ def test_keep_best_keeps_the_best_validation_weights(tmp_path):
     loaded = ckpt.load_pretrained(a / BEST_DIR)
     corpus, _ = prepare_split(cfg.data.valid, "validation", loaded.tokenizer, cfg.model.max_len,
                               min_words=cfg.data.min_words, max_words=cfg.data.max_words)
-    again = evaluate_elbo(loaded.model, corpus, loaded.tokenizer, batch_size=2 * cfg.data.batch_size, seed=cfg.train.seed)
+    again = evaluate_elbo(loaded.model, corpus, loaded.tokenizer, batch_size=2 * cfg.data.batch_size,
+                          seed=cfg.train.seed)
     assert again["neg_elbo"] == pytest.approx(best["neg_elbo"], rel=1e-4)
     assert ckpt.load_prior(loaded, fit=False) is not None  # fitted to the best weights, not the last ones
     assert ckpt.load_seen_words(loaded, "seen") is not None
@@ -422,7 +423,7 @@ def test_keep_best_after_the_last_improvement_fits_the_files_to_the_stored_weigh
     batches = run.batches(0, 0)
     for _ in range(3):
         train_step(run, batches)
-    finish_best(run)
+    finish_best(run, None)
     loaded = ckpt.load_pretrained(tmp_path / "run" / BEST_DIR)
     assert loaded.meta["best"]["step"] == 0 and loaded.meta["final"] is True
     assert ckpt.load_prior(loaded, fit=False) is not None

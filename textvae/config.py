@@ -452,7 +452,8 @@ def _check_int(name: str, value: int) -> int:
     return value
 
 
-_NONE_IS_A_VALUE = {"model.conditional", "train.keep_best"}  # string keys for which 'none' is a choice, not an empty value
+# string keys for which 'none' is a choice, not an empty value
+_NONE_IS_A_VALUE = {"model.conditional", "train.keep_best"}
 
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:

@@ -683,22 +683,21 @@ def keep_best(run: TrainingRun, res: dict[str, float]) -> None:
     if run.best is not None and not value < run.best["value"]:
         return
     run.best = {"metric": metric, "value": value, "step": run.step}
-    meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
-            "step": run.step, "final": False, "best": run.best}
-    ckpt.save_checkpoint(run.best_dir, run.model, run.tok, run.cfg, meta=meta)
+    ckpt.save_checkpoint(run.best_dir, run.model, run.tok, run.cfg, meta={**_meta(run, final=False), "best": run.best})
     log.info("step %d: best validation %s so far (%.2f): weights kept in %s", run.step, metric, value, run.best_dir)
 
 
-def finish_best(run: TrainingRun) -> None:
+def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> None:
     """At the end of training, give <run>/best what the final checkpoint has from its weights:
-    the training words, the prior fitted to its codes and the attribute vectors."""
+    the training words, the prior fitted to its codes and the attribute vectors (``final_files``,
+    the final checkpoint's own, when the best weights are the last ones)."""
     if run.best is None or not run.dist.is_main:
         return
-    if run.best["step"] == run.step:
-        model = run.model
+    if run.best["step"] == run.step and final_files is not None:
+        files = dict(final_files)
     else:
         model = ckpt.load_pretrained(run.best_dir, device=run.device).model
-    files, _ = _final_files(run, model, run.best["step"])
+        files, _ = _final_files(run, model, run.best["step"])
     meta = {**ckpt.read_meta(run.best_dir), "final": True}
     files[ckpt.CONFIG] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")  # last: the folder is complete
     ckpt.write_files(run.best_dir, files)
@@ -717,15 +716,16 @@ def reset_decoder(run: TrainingRun) -> None:
     log.info("step %d: decoder re-initialised (%d tensors); the encoder is kept", run.step, len(params))
 
 
-def save(run: TrainingRun, final: bool = False) -> None:
+def save(run: TrainingRun, final: bool = False) -> Optional[dict[str, bytes]]:
     """Write the checkpoint: weights, tokenizer, config and the trainer state for an exact resume.
 
     Every rank must call it (their random states are gathered); rank 0 writes. The final
     checkpoint of a labelled corpus also holds the attribute vectors for style transfer.
+    Returns the final checkpoint's extra files (:func:`_final_files`; None otherwise and off rank 0).
     """
     rngs = distributed.gather_objects(_rng_state(run.device), run.dist)  # every rank's, for an exact resume
     if not run.dist.is_main:
-        return
+        return None
     trainer_state = {
         "step": run.step, "epoch": run.epoch, "position": run.position, "skipped": run.skipped,
         "optimizer": run.optimizer.state_dict(), "rng": rngs[0],
@@ -739,10 +739,15 @@ def save(run: TrainingRun, final: bool = False) -> None:
     extra = None
     if final:
         extra, run.prior = _final_files(run, run.model, run.step)
-    meta = {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
+    ckpt.save_checkpoint(run.ckpt_dir, run.model, run.tok, run.cfg, meta=_meta(run, final),
+                         trainer_state=trainer_state, extra_files=extra)
+    return extra
+
+
+def _meta(run: TrainingRun, final: bool) -> dict[str, Any]:
+    """What config.json records of a run's checkpoint besides the config."""
+    return {"label_names": run.label_names, "label_column": run.cfg.data.label_column, "precision": run.precision,
             "step": run.step, "final": final}
-    ckpt.save_checkpoint(run.ckpt_dir, run.model, run.tok, run.cfg, meta=meta, trainer_state=trainer_state,
-                         extra_files=extra)
 
 
 def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[str, bytes], Any]:
@@ -890,14 +895,15 @@ def _train(cfg: Config, out_dir: Path, resume: bool, stop_after: Optional[int]) 
             save(run)
     progress.close()
     finished = run.step >= tc.max_steps
+    final_files = None
     if run.step > start_step or finished:
         validate(run)
-        save(run, final=finished)
+        final_files = save(run, final=finished)
     run.metrics.close()
     log.info("trained %d steps in %.1f s; checkpoint: %s", run.step - start_step, time.perf_counter() - window.t0,
              run.ckpt_dir)
     if finished:
-        finish_best(run)
+        finish_best(run, final_files)
     if finished and run.dist.is_main:
         log_prior_samples(run)
     distributed.cleanup(run.dist)
