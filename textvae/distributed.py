@@ -88,6 +88,7 @@ def cleanup(info: DistInfo) -> None:
     import torch.distributed as dist
 
     if info.enabled and dist.is_initialized():
+        dist.barrier()  # every rank waits for rank 0's final writes: a group torn down under a peer can abort it
         dist.destroy_process_group()
 
 
