@@ -7,7 +7,8 @@ Trains ``--config`` twice: as configured (the VAE) and with ``model.latent_dim=0
 which only weakens a language model: a plain language model at its own best settings), with the
 same data, steps and seed. Both are evaluated on the config's test data by the code behind
 ``textvae evaluate``: the VAE's latent efficiency (LM NLL - rec) / KL and IW-NLL - LM NLL are
-measured against the LM's exact NLL on the same sentences, and the unseen-word rates of
+measured against the LM's exact NLL on the same sentences (also with the VAE's fitted prior as its
+p(z), the two-stage model that ``textvae sample`` draws from), and the unseen-word rates of
 reconstructions and prior samples against the training corpus's words. Held-out test sentences
 are also scored against out-of-domain sentences (``data/ood/modern.txt``) and the AUROC
 reported. Writes a markdown table and prints it. Existing run folders are reused
@@ -29,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from textvae.checkpoint import load_pretrained  # noqa: E402
+from textvae.checkpoint import load_pretrained, load_prior  # noqa: E402
 from textvae.data import load_texts, read_sentences  # noqa: E402
 from textvae.config import load_config  # noqa: E402
 from textvae.evaluate import auroc, evaluate_model, iw_nll, prepare_ids  # noqa: E402
@@ -70,8 +71,10 @@ def main() -> int:
         texts = load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words, args.limit)
         train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
         t0 = time.perf_counter()
+        # the VAE also with its fitted prior (the two-stage model `textvae sample` draws from)
+        prior = None if loaded.model.is_lm else load_prior(loaded)
         report = evaluate_model(loaded.model, loaded.tokenizer, texts, iw_samples=args.iw_samples,
-                                training_texts=train_texts, lm_nll=lm_nll)
+                                training_texts=train_texts, lm_nll=lm_nll, prior=prior)
         if loaded.model.is_lm:
             ids, _ = prepare_ids(loaded.tokenizer, texts, loaded.config.model.max_len)
             lm_nll = iw_nll(loaded.model, ids, loaded.tokenizer, k=1)  # exact for a language model
@@ -126,6 +129,12 @@ def render(results: dict, args: argparse.Namespace) -> str:
             f"| {name} | {r['iw_nll']:.2f} | {gap} | {eff} | {r['ppl_word']:.1f} | {r['ppl_token']:.2f} | "
             f"{r['rec']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {au} | {r['recon_bleu']:.1f} | {unseen} | "
             f"{r['ood_auroc']:.3f} |")
+        f = r.get("fitted_prior")
+        if f is not None:
+            gap = f"{f['iw_gap']:+.2f}" if f.get("iw_gap") is not None else "-"
+            eff = f"{f['latent_efficiency']:.3f}" if f.get("latent_efficiency") is not None else "-"
+            lines.append(f"| {name} with its fitted prior ({f['components']} {f['covariance']}-covariance Gaussians) "
+                         f"| {f['iw_nll']:.2f} | {gap} | {eff} | | | {r['rec']:.2f} | {f['kl']:.2f} | | | | | |")
     lines += [
         "",
         f"Conventions: IW-NLL with K = {k} importance samples (Burda et al. 2016; the LM's NLL is exact); "

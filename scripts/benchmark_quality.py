@@ -5,14 +5,16 @@
 
 For each checkpoint, on the held-out split (``--split``, default valid), twice: on the sentences of at
 most ``--max-words`` words (default: the checkpoint's data.max_words, or 25 when it keeps every
-length) and on every sentence that fits model.max_len:
+length) and on every sentence, the longer ones truncated to model.max_len (as ``textvae evaluate``
+does):
 
 - latent efficiency (LM NLL - reconstruction) / KL, and IW-NLL - LM NLL, against ``--lm`` (the
-  same decoder without z, trained on the same data and budget);
+  same decoder without z, trained on the same data and budget), with N(0, I) as the prior and with
+  the checkpoint's fitted prior (the two-stage model that ``textvae sample`` draws from);
 - greedy reconstruction BLEU from the posterior mean and the share of unseen words in the
   reconstructions, decoding any token sequence and decoding only words seen in training;
-- prior samples (N(0, I) and the fitted mixture, seen words): unseen-word rate, distinct-2, share
-  ending in eos; ten examples of each.
+- prior samples (N(0, I) decoding any tokens, and the fitted prior decoding seen words, the CLI's
+  default): unseen-word rate, distinct-2, share ending in eos; ten examples of each.
 
 Everything is computed by ``textvae.evaluate.evaluate_checkpoint``, the function behind
 ``textvae evaluate``. Writes a markdown report with the command that reproduces it.
@@ -44,23 +46,18 @@ def measure(path: str, lm, args: argparse.Namespace) -> dict:
     fitted = ckpt.load_prior(loaded)
     short = args.max_words or loaded.config.data.max_words or 25
     out = {"path": path, "step": loaded.meta.get("step"), "max_len": loaded.config.model.max_len, "max_words": short}
-    common = dict(data=args.data, split=args.split, limit=args.limit, iw_samples=args.iw_samples, seed=args.seed)
+    common = dict(data=args.data, split=args.split, limit=args.limit, seed=args.seed, samples=args.samples)
     for filt, max_words in (("filtered", short), ("all", 0)):
         t0 = time.perf_counter()
-        full = evaluate_checkpoint(loaded, max_words=max_words, samples=args.samples, lm=lm, words=None, **common)
-        constrained = _decode_only(loaded, seen, None, max_words, args)
-        fitted_s = _decode_only(loaded, seen, fitted, max_words, args)
-        out[filt] = {"any": full, "seen": constrained, "fitted": fitted_s, "seconds": time.perf_counter() - t0}
+        # what the CLI does by default: seen-word decoding, samples from the fitted prior; the
+        # likelihood under N(0, I) and under the fitted prior from the same importance samples
+        main = evaluate_checkpoint(loaded, max_words=max_words, iw_samples=args.iw_samples, lm=lm, words=seen,
+                                   prior=fitted, **common)
+        # decoding any token sequence from N(0, I): where made-up words come from (no likelihood: K = 1)
+        raw = evaluate_checkpoint(loaded, max_words=max_words, iw_samples=1, words=None, prior=None, **common)
+        out[filt] = {"seen": main, "any": raw, "seconds": time.perf_counter() - t0}
         print(f"{path} ({filt}): {out[filt]['seconds']:.0f} s", file=sys.stderr)
     return out
-
-
-def _decode_only(loaded, words, prior, max_words, args: argparse.Namespace) -> dict:
-    """Reconstructions and samples with ``words``/``prior`` (likelihood figures are decoding-free: K = 1)."""
-    from textvae.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(loaded, data=args.data, split=args.split, max_words=max_words, limit=args.limit,
-                               iw_samples=1, samples=args.samples, seed=args.seed, words=words, prior=prior)
 
 
 def main() -> int:
@@ -99,35 +96,40 @@ def _pct(x) -> str:
 
 def render(results: list[dict], args: argparse.Namespace) -> str:
     command = "python scripts/benchmark_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    lines = [f"Reproduce with `{command}`. Split: {args.split}; IW-NLL with K = {args.iw_samples}; "
-             f"{args.samples} prior samples (top-p 0.9) per row; BLEU: sacreBLEU corpus BLEU of greedy "
+    lines = [f"Reproduce with `{command}`. Split: {args.split}; IW-NLL with K = {args.iw_samples}, under N(0, I) "
+             "and under the checkpoint's fitted prior (the same importance samples; the KL to the fitted prior by "
+             f"Monte Carlo); {args.samples} prior samples (top-p 0.9) per row; BLEU: sacreBLEU corpus BLEU of greedy "
              "reconstructions from the posterior mean; unseen words: share of output words (whitespace, punctuation "
-             "stripped, lowercased) that never occur in the training file.", "",
-             "| checkpoint | sentences | rec | KL | IW-NLL | LM NLL | IW-NLL - LM | latent eff. | rec. BLEU any / seen "
-             "| rec. unseen any / seen | samples unseen N(0,I) any / seen / fitted seen | distinct-2 | eos |",
+             "stripped, lowercased) that never occur in the training file; seen: decoding only words seen in "
+             "training (the CLI's default), any: any token sequence.", "",
+             "| checkpoint | sentences | rec | KL N(0,I) / fitted | IW-NLL N(0,I) / fitted | LM NLL "
+             "| IW-NLL - LM N(0,I) / fitted | latent eff. N(0,I) / fitted | rec. BLEU any / seen "
+             "| rec. unseen any / seen | samples unseen N(0,I) any / fitted seen | distinct-2 N(0,I) any / fitted seen "
+             "| eos N(0,I) any / fitted seen |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for filt in ("filtered", "all"):
-            a, s, f = r[filt]["any"], r[filt]["seen"], r[filt]["fitted"]
-            label = f"≤ {r['max_words']} words" if filt == "filtered" else f"all ≤ {r['max_len']} tokens"
-            lm = f"{a['lm_nll']:.2f}" if "lm_nll" in a else "–"
-            gap = f"{a['iw_gap']:+.2f}" if "iw_gap" in a else "–"
-            eff = f"{a['latent_efficiency']:.3f}" if "latent_efficiency" in a else "–"
+            s, a = r[filt]["seen"], r[filt]["any"]
+            f = s.get("fitted_prior", {})
+            label = f"≤ {r['max_words']} words" if filt == "filtered" else f"all, cut to {r['max_len']} tokens"
+            lm = f"{s['lm_nll']:.2f}" if "lm_nll" in s else "–"
+            gap = f"{s['iw_gap']:+.2f} / {f['iw_gap']:+.2f}" if "iw_gap" in f else "–"
+            eff = f"{s['latent_efficiency']:.3f} / {f['latent_efficiency']:.3f}" if "latent_efficiency" in f else "–"
             lines.append(
-                f"| {r['path']} | {label}, {a['data']['sentences']} | {a['rec']:.2f} | {a['kl']:.2f} | {a['iw_nll']:.2f} "
-                f"| {lm} | {gap} | {eff} | {a['recon_bleu']:.1f} / {s['recon_bleu']:.1f} | "
-                f"{_pct(a['recon_unseen_words'])} / {_pct(s['recon_unseen_words'])} | "
-                f"{_pct(a['samples']['unseen_words'])} / {_pct(s['samples']['unseen_words'])} / "
-                f"{_pct(f['samples']['unseen_words'])} | {a['samples']['distinct_2']:.2f} / {s['samples']['distinct_2']:.2f}"
-                f" / {f['samples']['distinct_2']:.2f} | {_pct(s['samples']['eos_rate'])} / {_pct(f['samples']['eos_rate'])} |")
+                f"| {r['path']} | {label}, {s['data']['sentences']} | {s['rec']:.2f} | {s['kl']:.2f} / {f['kl']:.2f} "
+                f"| {s['iw_nll']:.2f} / {f['iw_nll']:.2f} | {lm} | {gap} | {eff} "
+                f"| {a['recon_bleu']:.1f} / {s['recon_bleu']:.1f} "
+                f"| {_pct(a['recon_unseen_words'])} / {_pct(s['recon_unseen_words'])} "
+                f"| {_pct(a['samples']['unseen_words'])} / {_pct(s['samples']['unseen_words'])} "
+                f"| {a['samples']['distinct_2']:.2f} / {s['samples']['distinct_2']:.2f} "
+                f"| {_pct(a['samples']['eos_rate'])} / {_pct(s['samples']['eos_rate'])} |")
     for r in results:
-        a, s, f = r["filtered"]["any"], r["filtered"]["seen"], r["filtered"]["fitted"]
+        s, a = r["filtered"]["seen"], r["filtered"]["any"]
         lines += ["", f"## {r['path']} (step {r['step']}): examples", "",
                   "Reconstructions (source → any tokens | seen words):", ""]
         for x, y in zip(a["recon_examples"], s["recon_examples"]):
             lines.append(f"- {x['source']}\n  - any: {x['output']}\n  - seen: {y['output']}")
-        lines += ["", "Prior samples, N(0, I), seen words:", ""] + [f"- {t}" for t in s["samples"]["examples"]]
-        lines += ["", "Prior samples, fitted prior, seen words:", ""] + [f"- {t}" for t in f["samples"]["examples"]]
+        lines += ["", "Prior samples, fitted prior, seen words:", ""] + [f"- {t}" for t in s["samples"]["examples"]]
         lines += ["", "Prior samples, N(0, I), any tokens:", ""] + [f"- {t}" for t in a["samples"]["examples"]]
     return "\n".join(lines) + "\n"
 

@@ -324,3 +324,54 @@ def test_refinement_rejects_bad_settings(trained, steps, lr):
     mu, logvar = posterior_params(trained.model, ids, trained.tokenizer)
     with pytest.raises(InputError, match="refinement"):
         refine_posterior(trained.model, ids, trained.tokenizer, mu, logvar, steps=steps, lr=lr)
+
+
+def _standard_normal_mixture(dim: int, covariance: str):
+    from textvae.prior import GaussianMixture
+
+    var = torch.eye(dim)[None] if covariance == "full" else torch.ones(1, dim)
+    return GaussianMixture(torch.ones(1), torch.zeros(1, dim), var)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_iw_bound_under_a_mixture_that_is_the_standard_normal_is_the_plain_bound(trained, covariance):
+    from textvae.evaluate import iw_nlls
+
+    ids = _ids(trained)
+    normal = _standard_normal_mixture(trained.config.model.latent_dim, covariance)
+    plain = iw_nll(trained.model, ids, trained.tokenizer, k=7, seed=4)
+    both = iw_nlls(trained.model, ids, trained.tokenizer, [None, normal], k=7, seed=4)
+    assert torch.equal(both[0], plain)  # the same samples: the plain bound is unchanged
+    assert torch.allclose(both[1], plain, atol=1e-3)
+
+
+def test_kl_to_a_fitted_prior_matches_the_closed_form_for_the_standard_normal(trained):
+    from textvae.evaluate import kl_to_prior
+
+    mu, logvar = posterior_params(trained.model, _ids(trained), trained.tokenizer)
+    normal = _standard_normal_mixture(trained.config.model.latent_dim, "full")
+    mc = kl_to_prior(mu, logvar, normal, samples=4000, seed=0)
+    exact = gaussian_kl(mu, logvar).sum(1).double()
+    assert torch.allclose(mc, exact, atol=0.25), (mc, exact)
+
+
+def test_evaluate_reports_the_model_with_its_fitted_prior(trained, tmp_path):
+    from textvae import checkpoint as ckpt
+    from textvae.evaluate import evaluate_checkpoint
+    from textvae.train import train
+
+    lm = load_pretrained(train(tiny_config(["model.latent_dim=0", "train.max_steps=10"]), tmp_path / "lm"))
+    prior = ckpt.load_prior(trained, fit=False)
+    r = evaluate_checkpoint(trained, split="valid", iw_samples=3, samples=2, lm=lm, prior=prior)
+    f = r["fitted_prior"]
+    assert f["covariance"] == prior.covariance and f["components"] == prior.weights.numel()
+    assert f["latent_efficiency"] == pytest.approx((r["lm_nll"] - r["rec"]) / f["kl"])
+    assert f["iw_gap"] == pytest.approx(f["iw_nll"] - r["lm_nll"])
+    assert f["neg_elbo"] == pytest.approx(r["rec"] + f["kl"])
+    # the figures under N(0, I) do not depend on whether the fitted ones are computed
+    plain = evaluate_checkpoint(trained, split="valid", iw_samples=3, samples=2, lm=lm)
+    assert "fitted_prior" not in plain
+    assert plain["iw_nll"] == r["iw_nll"] and plain["kl"] == r["kl"] and plain["rec"] == r["rec"]
+    from textvae.evaluate import format_report
+
+    assert "latent efficiency, fitted" in format_report(r)

@@ -173,9 +173,19 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
     return -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
 
 
+def _log_prior(z: torch.Tensor, prior: Optional[Any]) -> torch.Tensor:
+    """log p(z) summed over the last dimension: N(0, I) for ``prior`` None, else the fitted mixture's
+    density (textvae/prior.py, computed on the CPU in float64)."""
+    if prior is None:
+        return _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+    flat = z.reshape(-1, z.shape[-1]).detach().cpu()
+    return prior.log_prob(flat.double()).view(z.shape[:-1]).to(device=z.device, dtype=z.dtype)
+
+
 @torch.no_grad()
 def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: int = 500, batch_size: int = 32,
-           max_rows: int = 512, seed: int = 0, labels: Optional[Sequence[int]] = None) -> torch.Tensor:
+           max_rows: int = 512, seed: int = 0, labels: Optional[Sequence[int]] = None,
+           prior: Optional[Any] = None) -> torch.Tensor:
     """Importance-weighted bound on -log p(x) per sentence (Burda et al. 2016), in nats.
 
     -log p(x) <= -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). K = 1 is a
@@ -183,18 +193,29 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
     that at most ``max_rows`` decoder rows run at once. For a language model (latent_dim 0)
     this is the exact NLL. A conditional model bounds -log p(x|y) given ``labels`` (N label
     indices), and without them -log p(x) = -log sum_y p(y) p(x|y), one bound per label.
+    ``prior``: p(z) of the bound, a fitted mixture (textvae/prior.py); None: N(0, I).
     Returns (N,) float64 on CPU, in the order of ``ids``.
     """
+    return iw_nlls(model, ids, tok, [prior], k, batch_size, max_rows, seed, labels)[0]
+
+
+@torch.no_grad()
+def iw_nlls(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, priors: Sequence[Optional[Any]],
+            k: int = 500, batch_size: int = 32, max_rows: int = 512, seed: int = 0,
+            labels: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
+    """:func:`iw_nll` under each of ``priors`` (None: N(0, I)), from the same samples z_k: one
+    decoder pass serves them all. Returns one (N,) float64 tensor per prior."""
     if k < 1:
         raise ValueError("the number of importance samples must be at least 1")
     if model.conditional and labels is None:
-        return _over_labels([iw_nll(model, ids, tok, k, batch_size, max_rows, seed, [y] * len(ids))
-                             for y in range(model.cfg.num_labels)])[0]
+        per = [iw_nlls(model, ids, tok, priors, k, batch_size, max_rows, seed, [y] * len(ids))
+               for y in range(model.cfg.num_labels)]
+        return [_over_labels([p[i] for p in per])[0] for i in range(len(priors))]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
-    out = torch.empty(len(ids), dtype=torch.float64)
+    out = [torch.empty(len(ids), dtype=torch.float64) for _ in priors]
     for idx in length_batches(ids, batch_size):
         b = collate([ids[i] for i in idx], tok).to(device)
         B = len(idx)
@@ -203,10 +224,12 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
         mu, logvar = mu.float(), logvar.float()
         if model.is_lm:
             logits, _ = model.decode(b.dec_in, mu)
-            out[idx] = reconstruction_nll(logits, b.targets, tok.pad_id).double().cpu()
+            nll = reconstruction_nll(logits, b.targets, tok.pad_id).double().cpu()
+            for o in out:
+                o[idx] = nll
             continue
         chunk = max(1, min(k, max_rows // B))
-        log_w = []
+        log_w: list[list[torch.Tensor]] = [[] for _ in priors]
         for s in range(0, k, chunk):
             c = min(chunk, k - s)
             eps = torch.randn(B, c, mu.shape[1], generator=g, device=device)
@@ -214,12 +237,26 @@ def iw_nll(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Tokenizer, k: 
             code = model.code(z.reshape(B * c, -1), None if lab is None else lab.repeat_interleave(c, 0))
             logits, _ = model.decode(b.dec_in.repeat_interleave(c, 0), code)
             rec = reconstruction_nll(logits, b.targets.repeat_interleave(c, 0), tok.pad_id).view(B, c)
-            log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
             log_qz = _log_normal(z, mu[:, None], logvar[:, None])
-            log_w.append(-rec + log_pz - log_qz)
-        log_w = torch.cat(log_w, dim=1).double()  # (B, K)
-        out[idx] = -(torch.logsumexp(log_w, dim=1) - math.log(k)).cpu()
+            for lw, prior in zip(log_w, priors):
+                lw.append(-rec + _log_prior(z, prior) - log_qz)
+        for o, lw in zip(out, log_w):
+            w = torch.cat(lw, dim=1).double()  # (B, K)
+            o[idx] = -(torch.logsumexp(w, dim=1) - math.log(k)).cpu()
     model.train(was_training)
+    return out
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, prior: Any, samples: int = 16, seed: int = 0) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) per sentence for a fitted mixture p (no closed form): the Monte Carlo
+    mean of log q(z|x) - log p(z) over ``samples`` draws z ~ q(z|x). mu, logvar (N, L) -> (N,) float64."""
+    mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(mu.shape[0], dtype=torch.float64)
+    for i in range(0, mu.shape[0], 1024):  # blocks of sentences bound the (n, S, L) samples
+        m, lv = mu[i:i + 1024, None], logvar[i:i + 1024, None]
+        z = m + (0.5 * lv).exp() * torch.randn(m.shape[0], samples, m.shape[2], generator=g, dtype=torch.float64)
+        out[i:i + 1024] = (_log_normal(z, m, lv) - _log_prior(z, prior)).mean(1)
     return out
 
 
@@ -506,6 +543,8 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
             ``lm_nll``, ``iw_gap`` (IW-NLL - LM NLL) and ``latent_efficiency`` ((LM NLL - rec) / KL).
         decode_kwargs: decoding options of the reconstructions and samples (e.g. ``words``).
         prior: the prior samples are drawn from (see :func:`textvae.generate.sample`; None: N(0, I)).
+            A fitted mixture also adds ``fitted_prior``: KL, IW-NLL (and, with ``lm_nll``, the gap
+            and the efficiency) of the model with it as its prior (unconditional models).
         refine_steps: reconstruct from posterior means refined at encode time (:func:`refine_posterior`).
         lm: the language-model baseline itself (model, tokenizer): the prior samples are scored by
             it (``samples.lm_nll_per_token``: their fluency to a judge that never saw z).
@@ -517,7 +556,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                        "words": sum(len(t.split()) for t in refs),
                        "note": "tokens count eos (not bos); words are whitespace-separated words of the reference"}}
     report.update(_likelihood_figures(model, tok, ids, report["data"], iw_samples, batch_size, mi_batch_size,
-                                      au_threshold, seed, lm_nll))
+                                      au_threshold, seed, lm_nll, prior))
     report.update(_reconstruction_figures(model, tok, ids, refs, known, decode_kwargs or {}, refine_steps))
     report["samples"] = _sample_figures(model, tok, n_samples, top_p, seed, training_texts, known,
                                         decode_kwargs or {}, prior, lm)
@@ -541,9 +580,11 @@ def per_token(nll: torch.Tensor, ids: list[list[int]]) -> float:
 
 def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]], data: dict, iw_samples: int,
                         batch_size: int, mi_batch_size: int, au_threshold: float, seed: int,
-                        lm_nll: Optional[torch.Tensor]) -> dict:
+                        lm_nll: Optional[torch.Tensor], prior: Optional[Any] = None) -> dict:
     neg_elbo, kl = elbo_per_sentence(model, ids, tok, seed=seed)
-    iw = iw_nll(model, ids, tok, k=iw_samples, batch_size=batch_size, seed=seed)
+    fitted = prior is not None and not model.is_lm and not model.conditional
+    iws = iw_nlls(model, ids, tok, [None, prior] if fitted else [None], k=iw_samples, batch_size=batch_size, seed=seed)
+    iw = iws[0]
     mu, logvar = (t.cpu() for t in posterior_params(model, ids, tok))
     au, _ = active_units(mu, au_threshold)
     out = {
@@ -569,6 +610,18 @@ def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]]
                     "latent_efficiency": (lm - out["rec"]) / out["kl"] if out["kl"] > 0 else float("nan"),
                     "lm_note": "lm_nll: exact NLL of the LM baseline on the same sentences; latent_efficiency: "
                                "(lm_nll - rec) / KL, reconstruction nats bought per nat of KL"})
+    if fitted:
+        # The same decoder with the fitted mixture as its prior p(z): the two-stage model that
+        # `textvae sample` draws from (Dai & Wipf 2019). Its KL has no closed form: Monte Carlo.
+        kl_fit = kl_to_prior(mu, logvar, prior, FITTED_KL_SAMPLES, seed)
+        f = {"kl": float(kl_fit.mean()), "neg_elbo": out["rec"] + float(kl_fit.mean()), "iw_nll": float(iws[1].mean()),
+             "components": int(prior.weights.numel()), "covariance": prior.covariance,
+             "note": f"the model with the fitted mixture as its prior p(z) (what sample draws from); KL by Monte "
+                     f"Carlo with {FITTED_KL_SAMPLES} samples per sentence, IW-NLL from the same z_k as above"}
+        if lm_nll is not None:
+            f.update({"iw_gap": f["iw_nll"] - out["lm_nll"],
+                      "latent_efficiency": (out["lm_nll"] - out["rec"]) / f["kl"] if f["kl"] > 0 else float("nan")})
+        out["fitted_prior"] = f
     return out
 
 
@@ -615,6 +668,7 @@ DEFAULT_IW_SAMPLES = 500
 IW_BATCH_SIZE = 32  # sentences per IW-NLL batch (K samples each, in chunks of at most 512 decoder rows)
 MI_BATCH_SIZE = 128  # batch of the minibatch MI estimator
 SAMPLE_COUNT = 200  # prior samples for the sample-quality figures
+FITTED_KL_SAMPLES = 16  # Monte Carlo samples per sentence of the KL to a fitted prior
 
 
 def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "test",
@@ -713,6 +767,18 @@ def format_report(r: dict) -> str:
         rows.append(("samples LM NLL per token", f"{s['lm_nll_per_token']:.3f}",
                      f"fluency: the --lm-checkpoint model's exact NLL of the samples (held-out text: "
                      f"{r['lm_nll_per_token']:.3f})"))
+    fit = r.get("fitted_prior")
+    if fit is not None:
+        kind = f"{fit['components']} {fit['covariance']}-covariance Gaussians"
+        extra = [("KL, fitted prior", f"{fit['kl']:.2f}", f"nats/sentence, KL(q(z|x) || fitted mixture of {kind}), "
+                  "Monte Carlo"),
+                 ("IW-NLL, fitted prior", f"{fit['iw_nll']:.2f}", "nats/sentence, the model with the fitted mixture "
+                  "as p(z), same samples")]
+        if fit.get("iw_gap") is not None:
+            extra += [("IW-NLL - LM NLL, fitted", f"{fit['iw_gap']:+.2f}", "nats/sentence"),
+                      ("latent efficiency, fitted", f"{fit['latent_efficiency']:.3f}",
+                       "(LM NLL - reconstruction) / KL to the fitted prior")]
+        rows[5:5] = extra
     if r.get("lm_nll") is not None:
         rows[5:5] = [("LM baseline NLL", f"{r['lm_nll']:.2f}", "nats/sentence, exact, the --lm-checkpoint model"),
                      ("IW-NLL - LM NLL", f"{r['iw_gap']:+.2f}", "nats/sentence: what the latent costs as an LM"),

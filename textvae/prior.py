@@ -4,8 +4,9 @@ A posterior that carries tens of nats per sentence is not N(0, I) in aggregate: 
 small, uneven part of the space, and codes drawn from N(0, I) land in the holes between them,
 where the decoder has never been trained. Two-stage VAEs (Dai & Wipf 2019) and regularised
 autoencoders (Ghosh et al. 2020) fit a second density to the codes after training and sample from
-that instead. Here it is a mixture of K diagonal Gaussians fitted by EM to one z ~ q(z|x) per
-training sentence; ``textvae sample --prior fitted`` draws from it. Pure tensor code: the
+that instead. Here it is a mixture of K Gaussians (full covariances by default) fitted by EM to one
+z ~ q(z|x) per training sentence; ``textvae sample --prior fitted`` draws from it, and ``textvae
+evaluate`` also reports the likelihood of the model with it as its prior (a two-stage model). Pure tensor code: the
 checkpoint files are :mod:`textvae.checkpoint`'s.
 """
 
@@ -22,57 +23,91 @@ PRIORS = ("auto", "normal", "fitted")
 (fitted and stored when missing); 'auto' the fitted mixture when the checkpoint stores one or its
 training data can be read to fit one, else N(0, I)."""
 DEFAULT_PRIOR = "auto"
-COMPONENTS = 16
-"""Mixture components of the fitted prior."""
+COMPONENTS = 4
+"""Mixture components of the fitted prior (with full covariances, 16 fit the held-out codes of the
+bundled corpus only 0.1 nats better than 4, at four times the fitting time)."""
+COVARIANCES = ("full", "diag")
+COVARIANCE = "full"
+"""Each component's covariance: 'full' (the codes' dimensions are correlated: on the bundled corpus a
+full-covariance fit is about 10 nats per sentence closer to the held-out codes than a diagonal one) or
+'diag'."""
 MIN_VAR = 1e-4  # floor on a component's variance per dimension (a component may not collapse onto a point)
+CHUNK = 8192  # codes per block of the density computations (bounds the (K, L, N) intermediates)
 
 
 @dataclass
 class GaussianMixture:
-    """A mixture of K diagonal Gaussians over R^L."""
+    """A mixture of K Gaussians over R^L, with diagonal or full covariances."""
 
     weights: torch.Tensor  # (K,) mixing proportions, summing to 1
     means: torch.Tensor  # (K, L)
-    variances: torch.Tensor  # (K, L)
+    variances: torch.Tensor  # (K, L) diagonal covariances, or (K, L, L) full covariance matrices
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def covariance(self) -> str:
+        """'full' or 'diag'."""
+        return "full" if self.variances.dim() == 3 else "diag"
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """(N,) log density of codes z (N, L)."""
         return torch.logsumexp(self._component_log_probs(z.double()), dim=1).to(z.dtype)
 
     def _component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, K): log w_k + log N(z; m_k, diag v_k), in float64."""
+        """(N, K): log w_k + log N(z; m_k, Sigma_k), in float64."""
         m, v, w = self.means.double(), self.variances.double(), self.weights.double()
-        # sum_l (z - m)^2 / v, expanded so that no (N, K, L) tensor is built
-        quad = (z**2) @ (1 / v).T - 2 * z @ (m / v).T + (m**2 / v).sum(-1)[None]  # (N, K)
-        logdet = v.log().sum(-1)  # (K,)
+        if self.covariance == "diag":
+            # sum_l (z - m)^2 / v, expanded so that no (N, K, L) tensor is built
+            quad = (z**2) @ (1 / v).T - 2 * z @ (m / v).T + (m**2 / v).sum(-1)[None]  # (N, K)
+            logdet = v.log().sum(-1)  # (K,)
+        else:
+            chol = torch.linalg.cholesky(v)  # (K, L, L), Sigma_k = C_k C_k^T
+            quad = torch.cat([_mahalanobis(z[i:i + CHUNK], m, chol) for i in range(0, len(z), CHUNK)])
+            logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return w.log()[None] - 0.5 * (quad + logdet[None] + z.shape[1] * math.log(2 * math.pi))
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(n, L) codes: a component drawn by weight, then a point from it."""
         k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
         eps = torch.randn(n, self.means.shape[1], generator=generator)
-        return self.means[k].float() + self.variances[k].float().sqrt() * eps
+        if self.covariance == "diag":
+            return self.means[k].float() + self.variances[k].float().sqrt() * eps
+        chol = torch.linalg.cholesky(self.variances.double())[k]  # (n, L, L)
+        return self.means[k].float() + (chol @ eps.double().unsqueeze(-1)).squeeze(-1).float()
+
+
+def _mahalanobis(z: torch.Tensor, m: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """(N, K) squared Mahalanobis distances of z (N, L) to each component (means m (K, L), Cholesky
+    factors chol (K, L, L)): |C_k^-1 (z - m_k)|^2."""
+    d = z.T[None] - m[:, :, None]  # (K, L, N)
+    return torch.linalg.solve_triangular(chol, d, upper=False).pow(2).sum(1).T
 
 
 def fit_mixture(z: torch.Tensor, components: int = COMPONENTS, iterations: int = 100, seed: int = 0,
-                tol: float = 1e-6) -> GaussianMixture:
-    """EM for a diagonal Gaussian mixture (Dempster et al. 1977), deterministic for ``seed``.
+                tol: float = 1e-3, covariance: str = COVARIANCE) -> GaussianMixture:
+    """EM for a Gaussian mixture (Dempster et al. 1977), deterministic for ``seed``.
 
     Args:
         z: (N, L) codes, N >= components.
         components: K; initial means are K distinct codes chosen at random.
-        iterations: most EM steps; stops earlier when the mean log-likelihood improves by < ``tol``.
+        iterations: most EM steps; stops earlier when the mean log-likelihood improves by < ``tol`` nats per code.
+        covariance: 'full' or 'diag' (see :data:`COVARIANCE`); every variance is floored at MIN_VAR
+            (added to a full covariance's diagonal), so a component never collapses onto a point.
     """
+    if covariance not in COVARIANCES:
+        raise ValueError(f"unknown covariance {covariance!r}; use one of {', '.join(COVARIANCES)}")
     x = z.detach().double().cpu()
     N, L = x.shape
     if N < components:
         raise ValueError(f"a {components}-component mixture needs at least {components} codes, got {N}")
     g = torch.Generator().manual_seed(seed)
     means = x[torch.randperm(N, generator=g)[:components]].clone()
-    var = x.var(0, unbiased=False).clamp_min(MIN_VAR)
-    gm = GaussianMixture(torch.full((components,), 1.0 / components, dtype=torch.float64), means,
-                         var.expand(components, L).clone())
+    if covariance == "diag":
+        cov = x.var(0, unbiased=False).clamp_min(MIN_VAR).expand(components, L).clone()
+    else:
+        cov = (torch.cov(x.T, correction=0).reshape(L, L) + MIN_VAR * torch.eye(L, dtype=x.dtype)).expand(
+            components, L, L).clone()
+    gm = GaussianMixture(torch.full((components,), 1.0 / components, dtype=torch.float64), means, cov)
     last = -math.inf
     for step in range(iterations):
         logp = gm._component_log_probs(x)  # E step: responsibilities
@@ -80,13 +115,17 @@ def fit_mixture(z: torch.Tensor, components: int = COMPONENTS, iterations: int =
         r = (logp - torch.logsumexp(logp, 1, keepdim=True)).exp()  # (N, K)
         nk = r.sum(0).clamp_min(1e-10)  # M step
         means = (r.T @ x) / nk[:, None]
-        variances = ((r.T @ x**2) / nk[:, None] - means**2).clamp_min(MIN_VAR)
-        gm = GaussianMixture(nk / N, means, variances)
+        if covariance == "diag":
+            cov = ((r.T @ x**2) / nk[:, None] - means**2).clamp_min(MIN_VAR)
+        else:
+            second = torch.stack([(x * r[:, k, None]).T @ x for k in range(components)]) / nk[:, None, None]
+            cov = second - means[:, :, None] * means[:, None, :] + MIN_VAR * torch.eye(L, dtype=x.dtype)
+        gm = GaussianMixture(nk / N, means, cov)
         if ll - last < tol:
             break
         last = ll
     gm.info = {"components": components, "codes": N, "iterations": step + 1, "mean_log_likelihood": ll,
-               "seed": seed, "covariance": "diagonal"}
+               "seed": seed, "covariance": covariance}
     return GaussianMixture(gm.weights.float(), gm.means.float(), gm.variances.float(), gm.info)
 
 
