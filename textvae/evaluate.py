@@ -179,7 +179,7 @@ def _log_prior(z: torch.Tensor, prior: Optional[Any]) -> torch.Tensor:
     if prior is None:
         return _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
     flat = z.reshape(-1, z.shape[-1]).detach().cpu()
-    return prior.log_prob(flat.double()).view(z.shape[:-1]).to(device=z.device, dtype=z.dtype)
+    return prior.log_prob(flat).view(z.shape[:-1]).to(device=z.device, dtype=z.dtype)
 
 
 @torch.no_grad()
@@ -583,7 +583,8 @@ def _likelihood_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[int]]
                         lm_nll: Optional[torch.Tensor], prior: Optional[Any] = None) -> dict:
     neg_elbo, kl = elbo_per_sentence(model, ids, tok, seed=seed)
     fitted = prior is not None and not model.is_lm and not model.conditional
-    iws = iw_nlls(model, ids, tok, [None, prior] if fitted else [None], k=iw_samples, batch_size=batch_size, seed=seed)
+    iws = iw_nlls(model, ids, tok, [None, prior] if fitted else [None], k=iw_samples, batch_size=batch_size,
+                  seed=seed)
     iw = iws[0]
     mu, logvar = (t.cpu() for t in posterior_params(model, ids, tok))
     au, _ = active_units(mu, au_threshold)

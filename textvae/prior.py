@@ -6,8 +6,8 @@ where the decoder has never been trained. Two-stage VAEs (Dai & Wipf 2019) and r
 autoencoders (Ghosh et al. 2020) fit a second density to the codes after training and sample from
 that instead. Here it is a mixture of K Gaussians (full covariances by default) fitted by EM to one
 z ~ q(z|x) per training sentence; ``textvae sample --prior fitted`` draws from it, and ``textvae
-evaluate`` also reports the likelihood of the model with it as its prior (a two-stage model). Pure tensor code: the
-checkpoint files are :mod:`textvae.checkpoint`'s.
+evaluate`` also reports the likelihood of the model with it as its prior (a two-stage model). Pure
+tensor code: the checkpoint files are :mod:`textvae.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ training data can be read to fit one, else N(0, I)."""
 DEFAULT_PRIOR = "auto"
 COMPONENTS = 4
 """Mixture components of the fitted prior (with full covariances, 16 fit the held-out codes of the
-bundled corpus only 0.1 nats better than 4, at four times the fitting time)."""
+bundled corpus only about 0.2 nats better than 4, at four times the fitting time)."""
 COVARIANCES = ("full", "diag")
 COVARIANCE = "full"
 """Each component's covariance: 'full' (the codes' dimensions are correlated: on the bundled corpus a
