@@ -4,8 +4,8 @@ For each direction, the inputs are the held-out books' verses in the source styl
 checkpoint's own data filters (data.min_words..data.max_words words, or ``--max-words``), the
 references are the same verses in the target style (data/bible/*_parallel.jsonl.gz, joined on
 the verse id), and the report compares the default transfer with the copy baseline (output =
-input), the references themselves, and a sweep of strengths for every method. Everything is computed by
-``textvae.transfer.evaluate_checkpoint``, the function behind ``textvae evaluate-transfer``.
+input), the references themselves, and a sweep of strengths for every method. Everything is
+computed by ``textvae.transfer.evaluate_checkpoint``, the function behind ``textvae evaluate-transfer``.
 
     python scripts/benchmark_transfer.py --checkpoint runs/default                 # test books
     python scripts/benchmark_transfer.py --checkpoint runs/default --limit 100     # a quick run
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = judge_for(vae)
         task = {"checkpoint": args.checkpoint, "device": args.device, "data": data, "parallel": parallel,
                 "limit": args.limit, "max_words": args.max_words, "method": args.method, "alpha": args.alpha,
-                "seed": args.seed,
-                "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
+                "seed": args.seed, "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
                 "methods": [m.strip() for m in args.methods.split(",") if m.strip()]}
         if args.jobs > 1:
             import multiprocessing
@@ -158,8 +157,7 @@ def _direction(task: dict, direction: tuple[str, str]) -> dict:
     opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"])
     r = evaluate_checkpoint(vae, source, target, opts, data=task["data"], label_column="style", refs=task["parallel"],
                             refs_column=target, id_column="id", limit=task["limit"], max_words=task["max_words"],
-                            sweep=task["sweep"],
-                            methods=task["methods"])
+                            sweep=task["sweep"], methods=task["methods"])
     r["seconds"] = time.perf_counter() - t0
     return r
 

@@ -253,10 +253,11 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, prior: Any, samples: int
     mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(mu.shape[0], dtype=torch.float64)
-    for i in range(0, mu.shape[0], 1024):  # blocks of sentences bound the (n, S, L) samples
-        m, lv = mu[i:i + 1024, None], logvar[i:i + 1024, None]
+    block = 1024  # sentences at a time: bounds the (block, S, L) samples
+    for i in range(0, mu.shape[0], block):
+        m, lv = mu[i:i + block, None], logvar[i:i + block, None]
         z = m + (0.5 * lv).exp() * torch.randn(m.shape[0], samples, m.shape[2], generator=g, dtype=torch.float64)
-        out[i:i + 1024] = (_log_normal(z, m, lv) - _log_prior(z, prior)).mean(1)
+        out[i:i + block] = (_log_normal(z, m, lv) - _log_prior(z, prior)).mean(1)
     return out
 
 
