@@ -11,7 +11,7 @@ measured against the LM's exact NLL on the same sentences (also with the VAE's f
 p(z), the two-stage model that ``textvae sample`` draws from), and the unseen-word rates of
 reconstructions and prior samples against the training corpus's words. Held-out test sentences
 are also scored against out-of-domain sentences (``data/ood/modern.txt``) and the AUROC
-reported. Writes a markdown table and prints it. Existing run folders are reused
+reported (the VAE's under N(0, I) and under its fitted prior, ``textvae score --prior fitted``). Writes a markdown table and prints it. Existing run folders are reused
 (``--retrain`` trains them again).
 """
 
@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from textvae.checkpoint import load_pretrained, load_prior  # noqa: E402
 from textvae.data import load_texts, read_sentences  # noqa: E402
 from textvae.config import load_config  # noqa: E402
-from textvae.evaluate import auroc, evaluate_model, iw_nll, prepare_ids  # noqa: E402
+from textvae.evaluate import auroc, drop_long, evaluate_model, iw_nll, iw_nlls, prepare_ids  # noqa: E402
 from textvae.train import train  # noqa: E402
 
 
@@ -68,7 +68,10 @@ def main() -> int:
         cfg, run, train_s = trained[name]
         loaded = load_pretrained(run)
         dc = loaded.config.data
-        texts = load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words, args.limit)
+        texts = load_texts(dc.test, dc.test_split, dc.text_column, dc.min_words, dc.max_words)
+        # the sentences that fit model.max_len, as training keeps them (both models share the config)
+        texts, dropped = drop_long(loaded.tokenizer, texts, loaded.config.model.max_len)
+        texts = texts[:args.limit] if args.limit else texts
         train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
         t0 = time.perf_counter()
         # the VAE also with its fitted prior (the two-stage model `textvae sample` draws from)
@@ -81,13 +84,20 @@ def main() -> int:
         eval_s = time.perf_counter() - t0
         # Anomaly detection: in-domain held-out sentences should get lower NLL per token
         # than out-of-domain ones; AUROC = P(score(in) < score(out)).
+        # The VAE scores under N(0, I) and under its fitted prior (`textvae score --prior fitted`),
+        # from the same importance samples.
         ood = read_sentences(args.ood)
+        priors = [None] if prior is None else [None, prior]
         scores = {}
         for split, sents in (("in", texts), ("ood", ood)):
             ids, _ = prepare_ids(loaded.tokenizer, sents, loaded.config.model.max_len)
-            nll = iw_nll(loaded.model, ids, loaded.tokenizer, k=args.ood_iw_samples)
-            scores[split] = [v / (len(x) + 1) for v, x in zip(nll.tolist(), ids)]
-        report["ood_auroc"] = auroc([-s for s in scores["in"]], [-s for s in scores["ood"]])
+            nlls = iw_nlls(loaded.model, ids, loaded.tokenizer, priors, k=args.ood_iw_samples)
+            scores[split] = [[v / (len(x) + 1) for v, x in zip(nll.tolist(), ids)] for nll in nlls]
+        aurocs = [auroc([-s for s in a], [-s for s in b]) for a, b in zip(scores["in"], scores["ood"])]
+        report["ood_auroc"] = aurocs[0]
+        if prior is not None:
+            report["fitted_prior"]["ood_auroc"] = aurocs[1]
+        report["dropped_long"] = dropped
         report["train_seconds"] = train_s
         report["eval_seconds"] = eval_s
         report["steps"] = cfg.train.max_steps
@@ -114,7 +124,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
         f"{first['steps']} steps with the same data and seed; the LM is the same decoder with "
         "`model.latent_dim=0` and no word dropout. Test data: "
         f"{first['data']['sentences']} sentences of the config's test split "
-        f"({first['data']['source'] if 'source' in first['data'] else 'test'}).",
+        f"({first['data']['source'] if 'source' in first['data'] else 'test'}), those that fit "
+        f"model.max_len ({first['dropped_long']} longer ones left out, as training leaves them out).",
         "",
         "| model | IW-NLL (nats/sent.) | IW-NLL - LM | latent eff. | PPL/word | PPL/token | rec | KL | MI | AU | "
         "rec. BLEU | rec. unseen words | OOD AUROC |",
@@ -134,7 +145,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
             gap = f"{f['iw_gap']:+.2f}" if f.get("iw_gap") is not None else "-"
             eff = f"{f['latent_efficiency']:.3f}" if f.get("latent_efficiency") is not None else "-"
             lines.append(f"| {name} with its fitted prior ({f['components']} {f['covariance']}-covariance Gaussians) "
-                         f"| {f['iw_nll']:.2f} | {gap} | {eff} | | | {r['rec']:.2f} | {f['kl']:.2f} | | | | | |")
+                         f"| {f['iw_nll']:.2f} | {gap} | {eff} | | | {r['rec']:.2f} | {f['kl']:.2f} | | | | | "
+                         f"{f['ood_auroc']:.3f} |")
     lines += [
         "",
         f"Conventions: IW-NLL with K = {k} importance samples (Burda et al. 2016; the LM's NLL is exact); "
@@ -145,7 +157,7 @@ def render(results: dict, args: argparse.Namespace) -> str:
         "nat of KL; unseen words: share of output words (whitespace, punctuation stripped, lowercased) that "
         "never occur in the training file; decoding any token sequence; OOD AUROC: probability that a held-out "
         "test sentence has a lower "
-        f"IW-NLL per token (K = {args.ood_iw_samples}) than a sentence of `{args.ood}`.",
+        f"IW-NLL per token (K = {args.ood_iw_samples}, under the row's p(z)) than a sentence of `{args.ood}`.",
         "",
         "| model | samples distinct-2 | self-BLEU | mean words | ending in eos | copied from training | "
         "unseen words | train s | eval s |",

@@ -5,8 +5,8 @@
 
 For each checkpoint, on the held-out split (``--split``, default valid), twice: on the sentences of at
 most ``--max-words`` words (default: the checkpoint's data.max_words, or 25 when it keeps every
-length) and on every sentence, the longer ones truncated to model.max_len (as ``textvae evaluate``
-does):
+length) and on every sentence that fits model.max_len (``--long drop``, the default, as training
+keeps them; ``--long truncate`` cuts the longer ones instead, as ``textvae evaluate`` does by default):
 
 - latent efficiency (LM NLL - reconstruction) / KL, and IW-NLL - LM NLL, against ``--lm`` (the
   same decoder without z, trained on the same data and budget), with N(0, I) as the prior and with
@@ -46,7 +46,8 @@ def measure(path: str, lm, args: argparse.Namespace) -> dict:
     fitted = ckpt.load_prior(loaded)
     short = args.max_words or loaded.config.data.max_words or 25
     out = {"path": path, "step": loaded.meta.get("step"), "max_len": loaded.config.model.max_len, "max_words": short}
-    common = dict(data=args.data, split=args.split, limit=args.limit, seed=args.seed, samples=args.samples)
+    common = dict(data=args.data, split=args.split, limit=args.limit, seed=args.seed, samples=args.samples,
+                  long=args.long)
     for filt, max_words in (("filtered", short), ("all", 0)):
         t0 = time.perf_counter()
         # what the CLI does by default: seen-word decoding, samples from the fitted prior; the
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N sentences (0: all)")
     ap.add_argument("--max-words", type=int, default=0,
                     help="the first pass's word filter (default: the checkpoint's data.max_words, or 25 without one)")
+    ap.add_argument("--long", choices=("drop", "truncate"), default="drop",
+                    help="sentences longer than model.max_len: drop them (default, as training) or truncate them")
     ap.add_argument("--iw-samples", type=int, default=100)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -111,7 +114,8 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
         for filt in ("filtered", "all"):
             s, a = r[filt]["seen"], r[filt]["any"]
             f = s.get("fitted_prior", {})
-            label = f"≤ {r['max_words']} words" if filt == "filtered" else f"all, cut to {r['max_len']} tokens"
+            fit = "that fit" if args.long == "drop" else "cut to"
+            label = f"≤ {r['max_words']} words" if filt == "filtered" else f"all {fit} {r['max_len']} tokens"
             lm = f"{s['lm_nll']:.2f}" if "lm_nll" in s else "–"
             gap = f"{s['iw_gap']:+.2f} / {f['iw_gap']:+.2f}" if "iw_gap" in f else "–"
             eff = f"{s['latent_efficiency']:.3f} / {f['latent_efficiency']:.3f}" if "latent_efficiency" in f else "–"

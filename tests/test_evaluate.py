@@ -15,7 +15,7 @@ from textvae.evaluate import (active_units, auroc, distinct_n, elbo_per_sentence
                               lm_nll_per_token, mutual_information, posterior_params, prepare_ids, refine_posterior,
                               self_bleu)
 from textvae.checkpoint import load_pretrained
-from textvae.errors import InputError
+from textvae.errors import DataError, InputError
 from textvae.losses import gaussian_kl, reconstruction_nll
 
 SENTS = ["And God saw the light, that it was good.", "Jesus wept.", "The LORD is my shepherd; I shall not want."]
@@ -176,6 +176,33 @@ def test_cli_score(run_cli, trained_run, tmp_path, tiny_texts, caplog):
     assert rc == 0 and json.loads(out.splitlines()[0])["method"] == "elbo"
 
 
+def test_score_under_the_fitted_prior(run_cli, copy_run, trained, tiny_texts, tmp_path):
+    from textvae.checkpoint import load_prior
+    from textvae.evaluate import score_sentences
+
+    texts = tiny_texts[:6]
+    prior = load_prior(trained)
+    ids, _ = prepare_ids(trained.tokenizer, texts, trained.model.cfg.max_len)
+    fitted = score_sentences(trained.model, trained.tokenizer, texts, k=5, prior=prior)
+    normal = score_sentences(trained.model, trained.tokenizer, texts, k=5)
+    # the same bound as iw_nll with that prior, from the same importance samples
+    assert [r["nll"] for r in fitted] == pytest.approx(iw_nll(trained.model, ids, trained.tokenizer, k=5,
+                                                              prior=prior).tolist())
+    assert [r["prior"] for r in fitted] == ["fitted"] * 6 and normal[0]["prior"] == "normal"
+    assert any(abs(a["nll"] - b["nll"]) > 1e-3 for a, b in zip(fitted, normal))
+    one = score_sentences(trained.model, trained.tokenizer, texts, "elbo", prior=prior)
+    assert [r["nll"] for r in one] == pytest.approx(iw_nll(trained.model, ids, trained.tokenizer, k=1,
+                                                           prior=prior).tolist())
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(texts[:2]) + "\n", encoding="utf-8")
+    rc, out, err = run_cli("score", "--checkpoint", copy_run(), "--prior", "fitted", "--iw-samples", "5", "--json",
+                           "--input", f)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prior"] for r in rows] == ["fitted", "fitted"]
+    assert [r["nll"] for r in rows] == pytest.approx([r["nll"] for r in fitted[:2]])
+
+
 def test_cli_score_bad_input(run_cli, trained_run, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
@@ -288,6 +315,33 @@ def test_latent_efficiency_against_a_language_model(trained, tmp_path):
     assert r["lm_nll_per_token"] > 0 and lm_nll_per_token(judge, []) is None
     with pytest.raises(InputError, match="language model"):
         evaluate_checkpoint(trained, split="valid", iw_samples=2, samples=0, lm=trained)
+
+
+def test_long_sentences_are_truncated_or_dropped(trained, trained_run, run_cli, tmp_path):
+    from textvae.evaluate import evaluate_checkpoint
+
+    limit = trained.config.model.max_len
+    short = ["And God said, Let there be light.", "Jesus wept in the house.", "The earth was without form."]
+    long = " ".join(["and the people went up to the city"] * limit)  # far more than max_len tokens
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in short[:2] + [long] + short[2:]))
+    kept = evaluate_checkpoint(trained, str(data), iw_samples=2, samples=0, long="drop")
+    assert kept["data"]["sentences"] == 3 and kept["data"]["dropped_long"] == 1 and kept["data"]["truncated"] == 0
+    cut = evaluate_checkpoint(trained, str(data), iw_samples=2, samples=0)
+    assert cut["data"]["sentences"] == 4 and cut["data"]["truncated"] == 1 and cut["data"]["dropped_long"] == 0
+    # limit counts the kept sentences: the first two short ones, not the long one
+    assert evaluate_checkpoint(trained, str(data), limit=3, iw_samples=2, samples=0,
+                               long="drop")["data"]["sentences"] == 3
+    only_long = tmp_path / "only_long.jsonl"
+    only_long.write_text(json.dumps({"text": long}) + "\n")
+    with pytest.raises(DataError, match="longer than the model's limit"):
+        evaluate_checkpoint(trained, str(only_long), iw_samples=2, samples=0, long="drop")
+    with pytest.raises(InputError, match="valid: truncate, drop"):
+        evaluate_checkpoint(trained, str(data), iw_samples=2, samples=0, long="cut")
+    rc, out, err = run_cli("evaluate", "--checkpoint", trained_run, "--data", data, "--long", "drop",
+                           "--iw-samples", "2", "--samples", "0")
+    assert rc == 0, err
+    assert "(3 sentences)" in out and "1 longer than the model's length limit dropped" in out
 
 
 def _refine_objective(trained, ids, mu, logvar):

@@ -334,12 +334,14 @@ class TextVAE:
         mu, lv = self.encode_texts(list(texts))
         return write_codes(path, list(texts), mu.cpu(), lv.cpu() if logvar else None)
 
-    def score(self, sentences: Sentences, method: str = "iw", iw_samples: int = SCORE_IW_SAMPLES, seed: int = 0
-              ) -> list[dict]:
-        """Likelihood bound per sentence (see :func:`textvae.evaluate.score_sentences`)."""
+    def score(self, sentences: Sentences, method: str = "iw", iw_samples: int = SCORE_IW_SAMPLES, seed: int = 0,
+              prior: str = "normal") -> list[dict]:
+        """Likelihood bound per sentence (see :func:`textvae.evaluate.score_sentences`); ``prior``: p(z)
+        of the bound, 'normal' (N(0, I)), 'fitted' or 'auto' (see :meth:`resolved_prior`)."""
         from textvae.evaluate import score_sentences
 
-        return score_sentences(self.model, self.tokenizer, check_sentences(sentences), method, iw_samples, seed)
+        texts = check_sentences(sentences)
+        return score_sentences(self.model, self.tokenizer, texts, method, iw_samples, seed, self.resolved_prior(prior))
 
     # ------------------------------------------------------------------ latent arithmetic
 

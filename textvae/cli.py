@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(loaded, args.data, args.split, args.text_column, args.max_words, args.limit,
                                  args.iw_samples, args.batch_size, args.mi_batch_size, args.au_threshold,
                                  args.samples, args.seed, lm, ckpt.load_seen_words(loaded, args.words), prior,
-                                 args.refine_steps)
+                                 args.refine_steps, args.long)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -82,7 +82,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     vae = _load_vae(args, attributes=False, latent=False)
     texts = read_input(args.input, args.text_column or vae.config.data.text_column)
-    records = vae.score(texts, args.method, args.iw_samples, args.seed)
+    records = vae.score(texts, args.method, args.iw_samples, args.seed, args.prior)
     _print_lines([json.dumps(r) if args.json else f"{r['nll']:.3f}\t{r['nll_per_token']:.4f}\t{r['text']}"
                   for r in records])
     return 0
@@ -472,8 +472,8 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    from textvae.evaluate import (AU_THRESHOLD, DEFAULT_IW_SAMPLES, EVAL_SPLITS, IW_BATCH_SIZE, MI_BATCH_SIZE,
-                                  SAMPLE_COUNT)
+    from textvae.evaluate import (AU_THRESHOLD, DEFAULT_IW_SAMPLES, EVAL_SPLITS, IW_BATCH_SIZE, LONG_MODES,
+                                  MI_BATCH_SIZE, SAMPLE_COUNT)
 
     _add_checkpoint(p)
     p.add_argument("--data", help="data file or hub dataset (default: the checkpoint config's data for --split)")
@@ -483,6 +483,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-words", type=_int(0, MAX_TOKENS), default=None,
                    help="drop longer sentences (default: the checkpoint's data.max_words; 0: no limit)")
     p.add_argument("--limit", type=_int(0, MAX_COUNT), default=0, help="evaluate only the first N sentences (0: all)")
+    p.add_argument("--long", choices=LONG_MODES, default="truncate",
+                   help="sentences longer than the model's max_len: truncate them (default) or drop them, "
+                        "as training does")
     p.add_argument("--iw-samples", type=_int(1, MAX_SAMPLES), default=DEFAULT_IW_SAMPLES,
                    help=f"importance samples K for IW-NLL (default {DEFAULT_IW_SAMPLES}, as He et al. 2019)")
     p.add_argument("--batch-size", type=_int(1, MAX_BATCH), default=IW_BATCH_SIZE, help=f"sentences per IW batch (default {IW_BATCH_SIZE})")
@@ -503,12 +506,16 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _add_score(p: argparse.ArgumentParser) -> None:
     from textvae.evaluate import SCORE_IW_SAMPLES, SCORE_METHODS
+    from textvae.prior import PRIORS
 
     _add_input_file(p)
     p.add_argument("--method", choices=SCORE_METHODS, default="iw",
                    help="iw: importance-weighted NLL bound; elbo: negative ELBO (default iw)")
     p.add_argument("--iw-samples", type=_int(1, MAX_SAMPLES), default=SCORE_IW_SAMPLES,
                    help=f"importance samples K (default {SCORE_IW_SAMPLES})")
+    p.add_argument("--prior", choices=PRIORS, default="normal",
+                   help="p(z) of the bound: normal (N(0, I), default), fitted (the Gaussian mixture fitted to the "
+                        "training codes, the model that sample draws from) or auto (fitted when available)")
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
 
 

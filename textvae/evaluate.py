@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 from textvae.data import BucketBatcher, Corpus, collate
-from textvae.errors import InputError, TextVAEError
+from textvae.errors import DataError, InputError, TextVAEError
 from textvae.losses import gaussian_kl, reconstruction_nll
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
@@ -166,6 +166,13 @@ def prepare_ids(tok: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[lis
     ids = tok.encode_batch(list(texts)) if texts else []
     truncated = sum(len(x) > limit for x in ids)
     return [x[:limit] for x in ids], truncated
+
+
+def drop_long(tok: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[str], int]:
+    """The texts that fit ``max_len`` tokens with bos/eos (training's rule), and how many did not."""
+    ids = tok.encode_batch(list(texts)) if texts else []
+    kept = [t for t, x in zip(texts, ids) if len(x) <= max_len - 2]
+    return kept, len(texts) - len(kept)
 
 
 def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -421,10 +428,12 @@ SCORE_IW_SAMPLES = 100  # importance samples K of ``textvae score``
 
 
 def score_sentences(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], method: str = "iw", k: int = SCORE_IW_SAMPLES,
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, prior: Optional[Any] = None) -> list[dict]:
     """Likelihood score of each sentence (anomaly detection): {text, nll, nll_per_token, tokens,
-    method, iw_samples}. ``method`` 'iw': the importance-weighted bound with K = ``k``; 'elbo':
-    the negative ELBO. nll_per_token counts eos. Sentences too long for the model are truncated."""
+    method, iw_samples, prior}. ``method`` 'iw': the importance-weighted bound with K = ``k``; 'elbo':
+    the negative ELBO (analytic KL under N(0, I); one sample of log q - log p under a fitted prior).
+    ``prior``: p(z) of the bound, a fitted mixture (textvae/prior.py); None: N(0, I). nll_per_token
+    counts eos. Sentences too long for the model are truncated."""
     if method not in SCORE_METHODS:
         raise InputError(f"unknown scoring method {method!r}; use one of {', '.join(SCORE_METHODS)}")
     if k < 1:
@@ -434,11 +443,14 @@ def score_sentences(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], me
         log.warning("%d sentences were longer than the model's limit (%d tokens) and were truncated",
                     truncated, model.cfg.max_len)
     if method == "iw":
-        nll = iw_nll(model, ids, tok, k=k, seed=seed)
+        nll = iw_nll(model, ids, tok, k=k, seed=seed, prior=prior)
+    elif prior is not None:
+        nll = iw_nll(model, ids, tok, k=1, seed=seed, prior=prior)  # K = 1: a one-sample negative ELBO
     else:
         nll, _ = elbo_per_sentence(model, ids, tok, seed=seed)
+    name = "normal" if prior is None or model.is_lm else "fitted"
     return [{"text": text, "nll": v, "nll_per_token": v / (len(x) + 1), "tokens": len(x) + 1,
-             "method": method, "iw_samples": k if method == "iw" else None}
+             "method": method, "iw_samples": k if method == "iw" else None, "prior": name}
             for text, x, v in zip(texts, ids, nll.tolist())]
 
 
@@ -665,6 +677,7 @@ def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, se
 
 
 EVAL_SPLITS = ("train", "valid", "test")
+LONG_MODES = ("truncate", "drop")  # what evaluate does with sentences longer than model.max_len
 DEFAULT_IW_SAMPLES = 500
 """Importance samples K of IW-NLL in ``textvae evaluate`` (as He et al. 2019)."""
 IW_BATCH_SIZE = 32  # sentences per IW-NLL batch (K samples each, in chunks of at most 512 decoder rows)
@@ -678,7 +691,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                         iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = IW_BATCH_SIZE,
                         mi_batch_size: int = MI_BATCH_SIZE, au_threshold: float = AU_THRESHOLD,
                         samples: int = SAMPLE_COUNT, seed: int = 0, lm: Any = None, words: Any = None,
-                        prior: Any = None, refine_steps: int = 0) -> dict:
+                        prior: Any = None, refine_steps: int = 0, long: str = "truncate") -> dict:
     """:func:`evaluate_model` on held-out data cleaned by the checkpoint's own data rules.
 
     Args:
@@ -691,6 +704,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
         words: decode reconstructions and samples with only these words (textvae.generate.SeenWords).
         prior: draw the samples from this fitted prior (textvae/prior.py) instead of N(0, I).
         refine_steps: reconstruct from posterior means refined at encode time (Kim et al. 2018).
+        long: sentences longer than model.max_len: "truncate" them (counted in data.truncated) or "drop"
+            them as training does (counted in data.dropped_long; ``limit`` then counts the kept ones).
     The config's training file, when it can be read, gives the copy rate of samples and the
     words of the unseen-word rates.
     """
@@ -706,8 +721,18 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
     source = data or getattr(dc, split, None)
     if not source:
         raise InputError(f"the checkpoint's config names no {split} data; pass --data FILE")
+    if long not in LONG_MODES:
+        raise InputError(f"unknown long-sentence mode {long!r}; valid: {', '.join(LONG_MODES)}")
     texts = load_texts(source, split, text_column or dc.text_column, dc.min_words,
-                       dc.max_words if max_words is None else max_words, limit, report=True)
+                       dc.max_words if max_words is None else max_words, 0 if long == "drop" else limit,
+                       report=True)
+    dropped_long = 0
+    if long == "drop":
+        texts, dropped_long = drop_long(loaded.tokenizer, texts, loaded.config.model.max_len)
+        if not texts:
+            raise DataError(f"{source}: every sentence is longer than the model's limit "
+                            f"({loaded.config.model.max_len} tokens)")
+        texts = texts[:limit] if limit else texts
     train_texts = None
     try:
         train_texts = load_texts(dc.train, dc.train_split, dc.text_column, 0, 0)
@@ -727,6 +752,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                           "refine_steps": refine_steps}
     report["checkpoint"] = str(loaded.path)
     report["data"]["source"] = source
+    report["data"]["dropped_long"] = dropped_long
     if lm is not None:
         report["lm_checkpoint"] = str(lm.path)
         # the yardstick of the samples' lm_nll_per_token: the same LM on the held-out sentences
@@ -745,7 +771,9 @@ def format_report(r: dict) -> str:
     """The report as an aligned, readable table; every figure names its convention."""
     s = r["samples"]
     rows = [
-        ("sentences", f"{r['data']['sentences']}", f"{r['data']['truncated']} truncated to the model's length limit"),
+        ("sentences", f"{r['data']['sentences']}",
+         f"{r['data']['dropped_long']} longer than the model's length limit dropped" if r["data"].get("dropped_long")
+         else f"{r['data']['truncated']} truncated to the model's length limit"),
         ("reconstruction NLL", f"{r['rec']:.2f}", "nats/sentence, one z ~ q(z|x)"),
         ("KL", f"{r['kl']:.2f}", "nats/sentence, KL(q(z|x) || N(0, I)), analytic"),
         ("negative ELBO", f"{r['neg_elbo']:.2f}", "nats/sentence"),
