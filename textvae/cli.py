@@ -484,8 +484,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="drop longer sentences (default: the checkpoint's data.max_words; 0: no limit)")
     p.add_argument("--limit", type=_int(0, MAX_COUNT), default=0, help="evaluate only the first N sentences (0: all)")
     p.add_argument("--long", choices=LONG_MODES, default="truncate",
-                   help="sentences longer than the model's max_len: truncate them (default) or drop them, "
-                        "as training does")
+                   help="sentences longer than max_len: truncate them (default) or drop them as training does")
     p.add_argument("--iw-samples", type=_int(1, MAX_SAMPLES), default=DEFAULT_IW_SAMPLES,
                    help=f"importance samples K for IW-NLL (default {DEFAULT_IW_SAMPLES}, as He et al. 2019)")
     p.add_argument("--batch-size", type=_int(1, MAX_BATCH), default=IW_BATCH_SIZE, help=f"sentences per IW batch (default {IW_BATCH_SIZE})")
