@@ -11,8 +11,9 @@ measured against the LM's exact NLL on the same sentences (also with the VAE's f
 p(z), the two-stage model that ``textvae sample`` draws from), and the unseen-word rates of
 reconstructions and prior samples against the training corpus's words. Held-out test sentences
 are also scored against out-of-domain sentences (``data/ood/modern.txt``) and the AUROC
-reported (the VAE's under N(0, I) and under its fitted prior, ``textvae score --prior fitted``). Writes a markdown table and prints it. Existing run folders are reused
-(``--retrain`` trains them again).
+reported (the VAE's under N(0, I) and under its fitted prior, ``textvae score --prior fitted``).
+Writes a markdown table and prints it. Existing run folders are reused (``--retrain`` trains them
+again).
 """
 
 from __future__ import annotations

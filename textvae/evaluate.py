@@ -448,9 +448,9 @@ def score_sentences(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], me
         nll = iw_nll(model, ids, tok, k=1, seed=seed, prior=prior)  # K = 1: a one-sample negative ELBO
     else:
         nll, _ = elbo_per_sentence(model, ids, tok, seed=seed)
-    name = "normal" if prior is None or model.is_lm else "fitted"
     return [{"text": text, "nll": v, "nll_per_token": v / (len(x) + 1), "tokens": len(x) + 1,
-             "method": method, "iw_samples": k if method == "iw" else None, "prior": name}
+             "method": method, "iw_samples": k if method == "iw" else None,
+             "prior": "normal" if prior is None else "fitted"}
             for text, x, v in zip(texts, ids, nll.tolist())]
 
 
@@ -782,8 +782,9 @@ def format_report(r: dict) -> str:
         ("IW-NLL", f"{r['iw_nll']:.2f}", f"nats/sentence, K = {r['iw_samples']}" if r["iw_samples"] else "nats/sentence, exact (no latent)"),
         ("PPL per token", f"{r['ppl_token']:.2f}", f"exp(IW-NLL / tokens), {r['data']['tokens']} tokens, eos counted"),
         ("PPL per word", f"{r['ppl_word']:.2f}", f"exp(IW-NLL / words), {r['data']['words']} whitespace words, eos not counted"),
-        ("mutual information", f"{r['mi']:.3f}", f"nats, minibatch estimator of He et al. 2019, batch {r['mi_batch_size']} "
-         f"(it cannot exceed about log {r['mi_batch_size']} = {math.log(r['mi_batch_size']):.2f}: a larger MI reads as that)"),
+        ("mutual information", f"{r['mi']:.3f}",
+         f"nats, minibatch estimator of He et al. 2019, batch {r['mi_batch_size']} (it cannot exceed about "
+         f"log {r['mi_batch_size']} = {math.log(r['mi_batch_size']):.2f}: a larger MI reads as that)"),
         ("active units", f"{r['active_units']}/{r['latent_dim']}", f"Cov_x(E_q[z]) > {r['au_threshold']}"),
         ("reconstruction BLEU", f"{r['recon_bleu']:.2f}", "greedy from the posterior mean, sacreBLEU corpus BLEU"),
         ("reconstruction exact", f"{100 * r['recon_exact']:.1f}%", "greedy reconstructions identical to the input"),
