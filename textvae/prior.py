@@ -12,6 +12,7 @@ tensor code: the checkpoint files are :mod:`textvae.checkpoint`'s.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -49,6 +50,12 @@ class GaussianMixture:
         """'full' or 'diag'."""
         return "full" if self.variances.dim() == 3 else "diag"
 
+    @functools.cached_property
+    def _cholesky(self) -> torch.Tensor:
+        """(K, L, L) float64 Cholesky factors C_k of the full covariances, Sigma_k = C_k C_k^T: computed
+        once per mixture, not at every density or sample call."""
+        return torch.linalg.cholesky(self.variances.double())
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """(N,) log density of codes z (N, L)."""
         return torch.logsumexp(self._component_log_probs(z.double()), dim=1).to(z.dtype)
@@ -61,7 +68,7 @@ class GaussianMixture:
             quad = (z**2) @ (1 / v).T - 2 * z @ (m / v).T + (m**2 / v).sum(-1)[None]  # (N, K)
             logdet = v.log().sum(-1)  # (K,)
         else:
-            chol = torch.linalg.cholesky(v)  # (K, L, L), Sigma_k = C_k C_k^T
+            chol = self._cholesky
             quad = torch.cat([_mahalanobis(z[i:i + CHUNK], m, chol) for i in range(0, len(z), CHUNK)])
             logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return w.log()[None] - 0.5 * (quad + logdet[None] + z.shape[1] * math.log(2 * math.pi))
@@ -72,7 +79,7 @@ class GaussianMixture:
         eps = torch.randn(n, self.means.shape[1], generator=generator)
         if self.covariance == "diag":
             return self.means[k].float() + self.variances[k].float().sqrt() * eps
-        chol = torch.linalg.cholesky(self.variances.double())[k]  # (n, L, L)
+        chol = self._cholesky[k]  # (n, L, L)
         return self.means[k].float() + (chol @ eps.double().unsqueeze(-1)).squeeze(-1).float()
 
 
