@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="mean-diff,project,search,closest",
                    help="methods of the sweep (comma-separated; search:classifier or closest:classifier judge "
                         "with the classifier)")
+    p.add_argument("--copy-bias", type=float, default=None,
+                   help="nats added to the logits of the source's own tokens (default: textvae transfer's)")
     p.add_argument("--examples", type=int, default=5, help="example transfers per direction in the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from textvae.errors import TextVAEError
     from textvae.files import atomic_write
     from textvae.style import classifier_for, format_transfer_table, judge_for
-    from textvae.transfer import CLOSEST_SAMPLES, DEFAULT_JUDGE, JUDGE_THRESHOLD, SEARCH_CANDIDATES
+    from textvae.transfer import CLOSEST_SAMPLES, DEFAULT_COPY_BIAS, DEFAULT_JUDGE, JUDGE_THRESHOLD, SEARCH_CANDIDATES
 
+    copy_bias = DEFAULT_COPY_BIAS if args.copy_bias is None else args.copy_bias
     out = Path(args.out or ("docs/benchmark_transfer.md" if args.split == "test" else "docs/transfer_methods_valid.md"))
     data, parallel = FILES[args.split]
     try:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = judge_for(vae)
         task = {"checkpoint": args.checkpoint, "device": args.device, "data": data, "parallel": parallel,
                 "limit": args.limit, "max_words": args.max_words, "method": args.method, "alpha": args.alpha,
-                "seed": args.seed, "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
+                "seed": args.seed, "copy_bias": args.copy_bias, "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
                 "methods": [m.strip() for m in args.methods.split(",") if m.strip()]}
         if args.jobs > 1:
             import multiprocessing
@@ -120,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{judge.info.get('model')}, seed {judge.info.get('seed')}, trained on the same file, held-out accuracy "
         f"{100 * judge.info.get('heldout_accuracy', float('nan')):.1f}%; it accepts a target probability of at "
         f"least {JUDGE_THRESHOLD:g}. `latent`: the re-encoded output lies past the midpoint of the two attribute "
-        "vectors. `classifier`: the scorer itself, so its accuracy is optimistic.",
+        "vectors. `classifier`: the scorer itself, so its accuracy is optimistic."
+        + f" Every decode adds {copy_bias:g} nats to the logits of the source sentence's own tokens "
+        "(`--copy-bias`; 0: decoded from the code alone).",
         "",
         f"sacrebleu signature: `{reports[0]['signature']}`",
     ]
@@ -154,7 +159,8 @@ def _direction(task: dict, direction: tuple[str, str]) -> dict:
     source, target = direction
     t0 = time.perf_counter()
     vae = TextVAE.from_pretrained(task["checkpoint"], device=task["device"])
-    opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"])
+    opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"],
+                   **({} if task["copy_bias"] is None else {"copy_bias": task["copy_bias"]}))
     r = evaluate_checkpoint(vae, source, target, opts, data=task["data"], label_column="style", refs=task["parallel"],
                             refs_column=target, id_column="id", limit=task["limit"], max_words=task["max_words"],
                             sweep=task["sweep"], methods=task["methods"])

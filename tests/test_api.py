@@ -90,7 +90,8 @@ def test_search_keeps_the_weakest_accepted_strength(vae):
         calls.append(len(texts))
         return torch.full((len(texts),), len(calls) >= 2)
 
-    out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=4.0, method="search", candidates=4, judge=judge)
+    out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=4.0, method="search", candidates=4, judge=judge,
+                                copy_bias=0.0)
     assert out.alphas.tolist() == [2.0] * 4
     assert calls == [4, 4]  # stopped once every sentence was accepted
     z, _ = vae.encode(SENTENCES)
@@ -111,7 +112,7 @@ def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
     full = vae.decode(latent.transfer_mean_diff(z, s, t, 6.0))
     everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
     out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=0,
-                                judge=everything)
+                                judge=everything, copy_bias=0.0)
     for src, h, f, o, a in zip(SENTENCES, half, full, out.texts, out.alphas.tolist()):
         want, want_a = (h, 3.0) if sentence_bleu(h, src) >= sentence_bleu(f, src) else (f, 6.0)
         assert (o, a) == (want, want_a)
@@ -119,11 +120,55 @@ def test_closest_keeps_the_accepted_candidate_nearest_the_source(vae):
     # outputs gets exactly those
     nothing = lambda texts: torch.zeros(len(texts), dtype=torch.bool)  # noqa: E731
     out = vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=2,
-                                judge=nothing)
+                                judge=nothing, copy_bias=0.0)
     assert out.texts == full
     only_full = lambda texts: torch.tensor([x in full for x in texts])  # noqa: E731
     assert vae.transfer(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=0,
-                        judge=only_full) == full
+                        judge=only_full, copy_bias=0.0) == full
+
+
+def test_copy_bias_keeps_the_source_tokens(vae, monkeypatch):
+    """copy_bias adds a bonus to each source sentence's own tokens, for that sentence only: a large
+    bias makes every method write only tokens of its own source (every decode, including the
+    subsets of sentences that 'search' decodes again); 0 changes nothing."""
+    from textvae import generate
+
+    from textvae import latent
+    from textvae.transfer import DEFAULT_COPY_BIAS
+
+    z, _ = vae.encode(SENTENCES)
+    plain = vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method="mean-diff", copy_bias=0.0)
+    assert plain == vae.decode(latent.transfer_mean_diff(z, vae.attributes.vector("kjv"), vae.attributes.vector("web"), 4.0))
+    assert vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method="mean-diff") == \
+        vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method="mean-diff", copy_bias=DEFAULT_COPY_BIAS)
+    own = [set(vae.tokenizer.encode(x)) for x in SENTENCES]
+    seen, real = [], generate.decode
+
+    def spy(model, z, *args, token_bias=None, **kw):
+        out = real(model, z, *args, token_bias=token_bias, **kw)
+        seen.append((token_bias, out.ids))
+        return out
+
+    monkeypatch.setattr(generate, "decode", spy)
+    everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
+    first_round = lambda texts: torch.tensor([True, False, True, False][: len(texts)])  # noqa: E731
+    for method in ("mean-diff", "project", "search", "closest"):
+        seen.clear()
+        out = vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method=method, copy_bias=50.0, words="any",
+                           candidates=2, samples=1, fluency=None, max_unseen=1.0,
+                           judge=first_round if method == "search" else everything)
+        # search decodes sentences 1 and 3 again (the judge took 0 and 2 in the first round)
+        rows_of = [[0, 1, 2, 3], [1, 3]] if method == "search" else [[0, 1, 2, 3]] * len(seen)
+        assert len(seen) == len(rows_of) and len(out) == len(SENTENCES)
+        for (bias, ids), rows in zip(seen, rows_of):
+            assert bias is not None and bias.shape[0] == len(ids) == len(rows)
+            for row, toks, i in zip(bias, ids, rows):
+                allowed = set(row.nonzero().flatten().tolist())
+                assert allowed == own[i], method  # the row's bias is its own sentence's tokens
+                assert set(toks) <= allowed, method  # and the decode wrote only those
+    assert out != plain
+    with pytest.raises(InputError, match="--copy-bias must be a number of nats >= 0"):
+        vae.transfer(SENTENCES, "kjv", "web", copy_bias=-1.0)
 
 
 def test_token_nll_matches_step_by_step_decoding(vae):
@@ -147,7 +192,7 @@ def _guarded(vae, **kw):
     """closest at alpha 6 over two strengths, every candidate taken by the judge."""
     everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
     return vae.transfer_detailed(SENTENCES, "kjv", "web", alpha=6.0, method="closest", candidates=2, samples=3,
-                                 judge=everything, **kw)
+                                 judge=everything, **{"copy_bias": 0.0, **kw})
 
 
 def test_fluency_guard_never_chooses_a_candidate_less_likely_than_the_input(vae):
@@ -204,7 +249,7 @@ def test_fluency_guard_passes_over_the_unlikely_candidate_nearest_the_source():
     codec.sources = ["the lord spake", "and it was so"]
     attrs = latent.Attributes(["a", "b"], torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([1, 1]))
     everything = lambda texts: torch.ones(len(texts), dtype=torch.bool)  # noqa: E731
-    kw = dict(method="closest", alpha=2.0, candidates=2, samples=0, judge=everything)
+    kw = dict(method="closest", alpha=2.0, candidates=2, samples=0, judge=everything, copy_bias=0.0)
     # the input scores 2.0 nats per token; the copy-plus-made-up-word candidate 6.0
     assert transfer(codec, attrs, codec.sources, "a", "b", Options(**kw, fluency=None)).texts == \
         [f"{x} zzxq" for x in codec.sources]
@@ -246,7 +291,7 @@ def test_char_judge_accepts_by_the_style_judge(vae):
 
     judge = judge_for(vae)  # the tiny run's config points at the tiny training file
     assert judge.features == "char"
-    out = vae.transfer(SENTENCES, "kjv", "web", method="closest", candidates=2, samples=2, judge="char")
+    out = vae.transfer(SENTENCES, "kjv", "web", method="closest", candidates=2, samples=2, judge="char", copy_bias=0.0)
     z, _ = vae.encode(SENTENCES)
     from textvae import latent
 

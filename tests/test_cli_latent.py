@@ -97,6 +97,17 @@ def test_transfer_alpha_zero_is_reconstruction(run_cli, trained_run):
         assert out == rec
 
 
+def test_transfer_copy_bias_option(run_cli, trained_run):
+    base = ("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web", "--method", "mean-diff", A, B)
+    _, default, _ = run_cli(*base)
+    rc, out, err = run_cli(*base, "--copy-bias", "4")  # the default
+    assert rc == 0 and out == default, err
+    rc, out, err = run_cli(*base, "--copy-bias", "0")
+    assert rc == 0 and len(out.splitlines()) == 2, err
+    rc, out, err = run_cli(*base, "--copy-bias", "-1")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--copy-bias" in err
+
+
 def test_analogy_from_arguments_and_from_a_file(run_cli, trained_run, tmp_path):
     rc, out, err = run_cli("analogy", "--checkpoint", trained_run, A, A, B)
     assert rc == 0, err

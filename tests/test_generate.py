@@ -152,6 +152,34 @@ def test_never_eos_runs_to_the_limit():
     assert out.ids == [[9] * 19, [9] * 19] and out.finished == [False, False]
 
 
+def test_token_bias_shifts_each_row_by_its_own_bias():
+    """token_bias (B, V) is added to every step's logits, row by row, in every strategy; a
+    batch split by decode_texts keeps each row with its own bias."""
+    model = forced_model(9)
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    V = model.tok_emb.num_embeddings
+    bias = torch.zeros(3, V)
+    bias[1, 7] = 1e4  # row 1 must write 7s; rows 0 and 2 keep the model's 9s
+    bias[2, EOS] = 1e4  # row 2 must stop at once
+    for strategy in ("greedy", "sample", "beam"):
+        out = generate.decode(model, z, BOS, EOS, strategy, beam_size=2, max_len=5, token_bias=bias,
+                              generator=torch.Generator().manual_seed(0))
+        assert out.ids == [[9] * 5, [7] * 5, []], strategy
+    plain = generate.decode(model, z, BOS, EOS, "greedy", max_len=5)
+    assert plain.ids == generate.decode(model, z, BOS, EOS, "greedy", max_len=5, token_bias=torch.zeros(3, V)).ids
+    with pytest.raises(ValueError, match="token_bias has 2 rows for 3 codes"):
+        generate.decode(model, z, BOS, EOS, "greedy", token_bias=bias[:2])
+
+    class Tok:
+        bos_id, eos_id = BOS, EOS
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    texts, _ = generate.decode_texts(model, Tok(), z, batch_size=2, max_len=3, token_bias=bias)
+    assert texts == ["9 9 9", "7 7 7", ""]
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="strategy"):
         generate.decode(make_model(), torch.zeros(1, 8), BOS, EOS, "nucleus")

@@ -401,23 +401,26 @@ class TextVAE:
                  method: str = style_transfer.DEFAULT_METHOD, strategy: str = "greedy", seed: int = 0,
                  candidates: int = style_transfer.SEARCH_CANDIDATES, judge: style_transfer.Judge = style_transfer.DEFAULT_JUDGE,
                  samples: int = style_transfer.CLOSEST_SAMPLES, fluency: Optional[float] = style_transfer.DEFAULT_FLUENCY,
-                 max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN, **decode_kwargs: Any) -> list[str]:
+                 max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN, copy_bias: float = style_transfer.DEFAULT_COPY_BIAS,
+                 **decode_kwargs: Any) -> list[str]:
         """Rewrite sentences from the ``source`` label's style into the ``target``'s by latent
         arithmetic (the methods, strengths and judges of :mod:`textvae.transfer`; ``alpha`` None:
         the method's default, 0: the reconstruction; ``fluency`` and ``max_unseen``: the fluency
-        guard of 'search' and 'closest')."""
+        guard of 'search' and 'closest'; ``copy_bias``: nats added to the logits of each source
+        sentence's own tokens while its output is decoded)."""
         return self.transfer_detailed(sentences, source, target, alpha, method, strategy, seed, candidates, judge,
-                                      samples, fluency, max_unseen, **decode_kwargs).texts
+                                      samples, fluency, max_unseen, copy_bias, **decode_kwargs).texts
 
     def transfer_detailed(self, sentences: Sentences, source: str, target: str, alpha: Optional[float] = None,
                           method: str = style_transfer.DEFAULT_METHOD, strategy: str = "greedy", seed: int = 0,
                           candidates: int = style_transfer.SEARCH_CANDIDATES, judge: style_transfer.Judge = style_transfer.DEFAULT_JUDGE,
                           samples: int = style_transfer.CLOSEST_SAMPLES,
                           fluency: Optional[float] = style_transfer.DEFAULT_FLUENCY,
-                          max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN,
+                          max_unseen: float = style_transfer.DEFAULT_MAX_UNSEEN, copy_bias: float = style_transfer.DEFAULT_COPY_BIAS,
                           **decode_kwargs: Any) -> style_transfer.Transferred:
         """:meth:`transfer`, also returning the strength used for each sentence."""
-        opts = style_transfer.Options(method, alpha, strategy, seed, candidates, judge, samples, fluency, max_unseen)
+        opts = style_transfer.Options(method, alpha, strategy, seed, candidates, judge, samples, fluency, max_unseen,
+                                      copy_bias)
         alpha = opts.strength()  # an unknown method or a bad alpha fails before the attribute vectors are needed
         attrs = style_transfer.needed_attributes(self, opts, source, target)
         return style_transfer.transfer(self, attrs, check_sentences(sentences), source, target, opts, **decode_kwargs)

@@ -299,7 +299,7 @@ def _transfer_options(args: argparse.Namespace):
     from textvae.transfer import Options
 
     return Options(args.method, args.alpha, args.strategy, args.seed, args.candidates, args.judge, args.samples,
-                   args.fluency, args.max_unseen)
+                   args.fluency, args.max_unseen, args.copy_bias)
 
 
 def _write_records(args: argparse.Namespace, records: list[dict]) -> None:
@@ -591,12 +591,22 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
                         "evenly spaced up to alpha)")
     p.add_argument("--samples", type=_int(0, MAX_CANDIDATES * 10), default=t.CLOSEST_SAMPLES,
                    help=f"closest: sampled decodes per strength besides the --strategy one (default {t.CLOSEST_SAMPLES})")
+    _add_judge_and_bias(p)
+
+
+def _add_judge_and_bias(p: argparse.ArgumentParser) -> None:
+    from textvae import transfer as t
+
     p.add_argument("--judge", choices=t.JUDGES, default=t.DEFAULT_JUDGE,
                    help="search, closest: how an output is accepted as the target style. char: a character n-gram "
                         "style judge trained on the config's training data (not the scorer); latent: its "
                         "re-encoded code is past the midpoint of the two attribute vectors (needs no data); "
                         "auto: char when the training data or a cached judge is at hand, else latent; "
                         f"classifier: the scoring classifier itself (optimistic) (default: {t.DEFAULT_JUDGE})")
+    p.add_argument("--copy-bias", type=_float(0, 100), default=t.DEFAULT_COPY_BIAS, metavar="NATS",
+                   help="add NATS to the logits of the source sentence's own tokens at every decoding step, so that "
+                        "the output keeps the source's words where the code leaves the choice open (every "
+                        f"method; 0: the code alone; default {t.DEFAULT_COPY_BIAS:g})")
     _add_fluency(p)
 
 

@@ -185,7 +185,8 @@ class SeenWords:
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional["torch.Generator | RowSeeds"] = None,
-           use_cache: bool = True, no_repeat_ngram: int = 0, words: Optional[SeenWords] = None) -> Decoded:
+           use_cache: bool = True, no_repeat_ngram: int = 0, words: Optional[SeenWords] = None,
+           token_bias: Optional[torch.Tensor] = None) -> Decoded:
     """Decode latent codes z (B, L) into token ids, all rows of the batch at once.
 
     Args:
@@ -201,11 +202,15 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             (greedy and sample): a weak decoder's greedy output otherwise loops ("the sons of the
             sons of ..."). 0 (default) decodes the model's distribution unchanged.
         words: decode only words seen in training (:class:`SeenWords`); None: any token sequence.
+        token_bias: (B, V) added to each row's logits at every step, before any filtering (the
+            copy bias of style transfer: a bonus on the tokens of the sentence being rewritten).
     """
     check_options(strategy, temperature, top_k, top_p, beam_size, max_len, no_repeat_ngram, use_cache)
+    if token_bias is not None and token_bias.shape[0] != z.shape[0]:
+        raise ValueError(f"token_bias has {token_bias.shape[0]} rows for {z.shape[0]} codes")
     limit = model.cfg.max_len - 1 if max_len is None else min(max_len, model.cfg.max_len - 1)
     if strategy == "beam":
-        return _beam(model, z, bos_id, eos_id, beam_size, limit, words)
+        return _beam(model, z, bos_id, eos_id, beam_size, limit, words, token_bias)
     B = z.shape[0]
     device = z.device
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
@@ -220,6 +225,8 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         else:
             logits, _ = model.decode(prefix, z, last_only=True)
         logits = logits[:, -1].float()
+        if token_bias is not None:
+            logits = logits + token_bias
         if no_repeat_ngram:
             logits = ban_repeated_ngrams(logits, out, no_repeat_ngram, eos_id)
         if words is not None:
@@ -281,11 +288,12 @@ def _finish(rows: list[list[int]], eos_id: int) -> Decoded:
 
 
 def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int,
-          words: Optional[SeenWords] = None) -> Decoded:
+          words: Optional[SeenWords] = None, token_bias: Optional[torch.Tensor] = None) -> Decoded:
     """Beam search with length-normalised scores; each input row keeps beam_size hypotheses."""
     B, K = z.shape[0], beam_size
     device = z.device
     zk = z.repeat_interleave(K, dim=0)  # (B*K, L)
+    bias = None if token_bias is None else token_bias.repeat_interleave(K, dim=0)  # (B*K, V)
     cache = model.init_cache(zk)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
@@ -296,7 +304,8 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     states = words.start(B * K) if words is not None else None
     for step in range(limit):
         logits, cache = model.decode(tokens, zk, cache, start=step)
-        logp = logits[:, -1].float().log_softmax(-1)  # (B*K, V)
+        logits = logits[:, -1].float()
+        logp = (logits if bias is None else logits + bias).log_softmax(-1)  # (B*K, V)
         if words is not None:
             logp = words.restrict(logp, states)
         V = logp.shape[-1]
@@ -339,11 +348,12 @@ def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batc
     device = next(model.parameters()).device
     texts: list[str] = []
     finished: list[bool] = []
+    bias = decode_kwargs.pop("token_bias", None)
     for start in range(0, z.shape[0], batch_size):
         stop = start + batch_size
         out = decode(model, z[start:stop].to(device), tokenizer.bos_id, tokenizer.eos_id,
                      generator=generator[start:stop] if isinstance(generator, RowSeeds) else generator,
-                     **decode_kwargs)
+                     token_bias=None if bias is None else bias[start:stop].to(device), **decode_kwargs)
         texts += [tokenizer.decode(ids) for ids in out.ids]
         finished += out.finished
     return texts, finished
