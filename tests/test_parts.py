@@ -399,3 +399,57 @@ def test_cli_reports_bad_pretrained_parts_in_one_line(run_cli, gpt2_dir, tmp_pat
                                "--set", f"model.decoder.name_or_path={gpt2_dir}", "--set", "tokenizer.kind=pretrained",
                                "--set", f"tokenizer.path={MINILM}", "--out", tmp_path / "b")
         assert rc == 2 and "use the decoder's own tokenizer" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- GRU positions
+
+
+def test_gru_decoder_positions_are_read_cached_and_saved(tmp_path):
+    """model.decoder.positions: the GRU's inputs get a position embedding; the step-by-step
+    cache must pass the right positions, and checkpoints must keep the table."""
+    from textvae.checkpoint import load_pretrained
+    from textvae.generate import decode
+    from textvae.train import train
+
+    cfg = small_model_config(vocab_size=40, decoder=DecoderConfig(type="gru", positions="input"))
+    torch.manual_seed(0)
+    model = SentenceVAE(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    model.eval()
+    assert model.decoder.pos.weight.shape == (cfg.max_len, cfg.d_model)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    x = _tokens(2, 9, 40)
+    with torch.no_grad():
+        full, _ = model.decode(x, z)
+        cache, steps = model.init_cache(z), []
+        for t in range(0, 9, 3):
+            logits, cache = model.decode(x[:, t : t + 3], z, cache, start=t)
+            steps.append(logits)
+        # the same token and state at another position gives other logits: the position is read
+        at0, _ = model.decode(x[:, :1], z, model.init_cache(z), start=0)
+        at5, _ = model.decode(x[:, :1], z, model.init_cache(z), start=5)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+    assert (at0 - at5).abs().max() > 1e-3
+    cached = decode(model, z, 1, 2, strategy="greedy", max_len=12)
+    assert cached.ids == decode(model, z, 1, 2, strategy="greedy", max_len=12, use_cache=False).ids
+    assert decode(model, z, 1, 2, strategy="beam", beam_size=1, max_len=12).ids == cached.ids
+
+    ckpt = train(tiny_config(_combo_overrides("transformer", "gru", tmp_path) + ["model.decoder.positions=input"]),
+                 tmp_path / "run")
+    from safetensors.torch import load_file
+
+    assert SentenceVAE(cfg).decoder.pos.weight.abs().max() == 0  # zero at first: the plain GRU
+    loaded = load_pretrained(ckpt)
+    assert loaded.config.model.decoder.positions == "input"
+    saved = load_file(str(ckpt / "model.safetensors"))["decoder.pos.weight"]
+    assert saved.abs().max() > 0  # trained away from zero, saved, and loaded as saved
+    assert torch.equal(loaded.model.decoder.pos.weight.detach().cpu(), saved)
+
+
+def test_decoder_positions_are_a_gru_option(make_config):
+    with pytest.raises(ConfigError, match="model.decoder.positions is a 'gru' option"):
+        make_config(["model.decoder.type=transformer", "model.decoder.positions=input"])
+    with pytest.raises(ConfigError, match="model.decoder.positions must be one of none, input"):
+        make_config(["model.decoder.type=gru", "model.decoder.positions=true"])
