@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = judge_for(vae)
         task = {"checkpoint": args.checkpoint, "device": args.device, "data": data, "parallel": parallel,
                 "limit": args.limit, "max_words": args.max_words, "method": args.method, "alpha": args.alpha,
-                "seed": args.seed, "copy_bias": args.copy_bias, "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
+                "seed": args.seed, "copy_bias": copy_bias, "sweep": [float(x) for x in args.sweep.split(",") if x.strip()],
                 "methods": [m.strip() for m in args.methods.split(",") if m.strip()]}
         if args.jobs > 1:
             import multiprocessing
@@ -159,8 +159,7 @@ def _direction(task: dict, direction: tuple[str, str]) -> dict:
     source, target = direction
     t0 = time.perf_counter()
     vae = TextVAE.from_pretrained(task["checkpoint"], device=task["device"])
-    opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"],
-                   **({} if task["copy_bias"] is None else {"copy_bias": task["copy_bias"]}))
+    opts = Options(task["method"] or DEFAULT_METHOD, task["alpha"], seed=task["seed"], copy_bias=task["copy_bias"])
     r = evaluate_checkpoint(vae, source, target, opts, data=task["data"], label_column="style", refs=task["parallel"],
                             refs_column=target, id_column="id", limit=task["limit"], max_words=task["max_words"],
                             sweep=task["sweep"], methods=task["methods"])

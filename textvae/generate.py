@@ -348,12 +348,16 @@ def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batc
     device = next(model.parameters()).device
     texts: list[str] = []
     finished: list[bool] = []
-    bias = decode_kwargs.pop("token_bias", None)
+    bias = decode_kwargs.pop("token_bias", None)  # (N, V), dense or sparse: made dense a batch at a time
     for start in range(0, z.shape[0], batch_size):
         stop = start + batch_size
+        part = None
+        if bias is not None:
+            part = bias.index_select(0, torch.arange(start, min(stop, z.shape[0])))
+            part = (part.to_dense() if part.is_sparse else part).to(device)
         out = decode(model, z[start:stop].to(device), tokenizer.bos_id, tokenizer.eos_id,
                      generator=generator[start:stop] if isinstance(generator, RowSeeds) else generator,
-                     token_bias=None if bias is None else bias[start:stop].to(device), **decode_kwargs)
+                     token_bias=part, **decode_kwargs)
         texts += [tokenizer.decode(ids) for ids in out.ids]
         finished += out.finished
     return texts, finished

@@ -246,20 +246,26 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
 
 
 def copy_bias(codec: Codec, texts: Sequence[str], bonus: float) -> torch.Tensor:
-    """(N, V): ``bonus`` on the ids of each text's own tokens (its unknown pieces excepted), 0 elsewhere."""
+    """(N, V), sparse: ``bonus`` on the ids of each text's own tokens (its unknown pieces
+    excepted). Decoding makes each batch's rows dense (a dense table of a large file under a large
+    vocabulary would not fit in memory)."""
     tok = codec.tokenizer
-    bias = torch.zeros(len(texts), codec.config.model.vocab_size)
+    rows, cols = [], []
     for i, ids in enumerate(tok.encode_batch(list(texts))):
-        ids = [t for t in set(ids) if t != tok.unk_id]
-        if ids:
-            bias[i, ids] = bonus
-    return bias
+        ids = sorted({t for t in ids if t != tok.unk_id})
+        rows += [i] * len(ids)
+        cols += ids
+    index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
+    return torch.sparse_coo_tensor(index, torch.full((len(rows),), float(bonus)),
+                                   (len(texts), codec.config.model.vocab_size), check_invariants=True).coalesce()
 
 
 def _rows(decode_kwargs: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     """decode_kwargs for a subset of the sentences (the copy bias has one row per sentence)."""
     bias = decode_kwargs.get("token_bias")
-    return decode_kwargs if bias is None else {**decode_kwargs, "token_bias": bias[list(rows)]}
+    if bias is None:
+        return decode_kwargs
+    return {**decode_kwargs, "token_bias": bias.index_select(0, torch.tensor(list(rows), dtype=torch.long))}
 
 
 def sentence_seeds(texts: Sequence[str], seed: int) -> list[int]:
