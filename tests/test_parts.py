@@ -453,3 +453,44 @@ def test_decoder_positions_are_a_gru_option(make_config):
         make_config(["model.decoder.type=transformer", "model.decoder.positions=input"])
     with pytest.raises(ConfigError, match="model.decoder.positions must be one of none, input"):
         make_config(["model.decoder.type=gru", "model.decoder.positions=true"])
+
+
+def test_gru_end_positions_mark_only_the_last_positions_before_max_len(tmp_path):
+    """model.decoder.positions 'end': positions before the last END_POSITIONS share row 0 (zero, never
+    trained); the last ones have rows of their own, read in the cache as in the full pass."""
+    from safetensors.torch import load_file
+
+    from textvae.config import END_POSITIONS
+    from textvae.generate import decode
+    from textvae.train import train
+
+    cfg = small_model_config(vocab_size=40, decoder=DecoderConfig(type="gru", positions="end"))
+    torch.manual_seed(0)
+    model = SentenceVAE(cfg)
+    assert model.decoder.pos.weight.shape == (END_POSITIONS + 1, cfg.d_model)
+    assert model.decoder.pos.weight.abs().max() == 0
+    with torch.no_grad():  # as if trained: the rows of the last positions away from zero
+        model.decoder.pos.weight[1:].normal_(generator=torch.Generator().manual_seed(1))
+    model.eval()
+    first = cfg.max_len - END_POSITIONS  # the first position with a row of its own
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    x = _tokens(2, cfg.max_len - 1, 40)
+    with torch.no_grad():
+        def at(start):
+            return model.decode(x[:, :1], z, model.init_cache(z), start=start)[0]
+        assert torch.equal(at(0), at(first - 1))  # both before the end: no position read
+        assert (at(first - 1) - at(first)).abs().max() > 1e-3
+        assert (at(first) - at(cfg.max_len - 1)).abs().max() > 1e-3
+        full, _ = model.decode(x, z)
+        cache, steps = model.init_cache(z), []
+        for t in range(0, x.shape[1], 5):
+            logits, cache = model.decode(x[:, t : t + 5], z, cache, start=t)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+    cached = decode(model, z, 1, 2, strategy="greedy")
+    assert cached.ids == decode(model, z, 1, 2, strategy="greedy", use_cache=False).ids
+
+    ckpt = train(tiny_config(_combo_overrides("transformer", "gru", tmp_path) + ["model.decoder.positions=end"]),
+                 tmp_path / "run")
+    saved = load_file(str(ckpt / "model.safetensors"))["decoder.pos.weight"]
+    assert saved[0].abs().max() == 0 and saved[1:].abs().max() > 0

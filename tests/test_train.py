@@ -435,3 +435,34 @@ def test_keep_best_needs_validation_data_and_a_known_metric():
         tiny_config(["train.keep_best=rec", "data.valid="])
     with pytest.raises(ConfigError, match="none, neg_elbo, rec"):
         tiny_config(["train.keep_best=elbo"])
+
+
+def test_adamw_is_fused_on_a_cpu_and_trains_the_same_weights_as_the_loop():
+    from textvae.model import SentenceVAE
+    from textvae.train import build_optimizer, can_fuse
+
+    cfg = tiny_config(["model.vocab_size=40"])
+    torch.manual_seed(0)
+    model = SentenceVAE(cfg.model)
+    opt = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    assert not can_fuse([]) and not can_fuse([torch.nn.Parameter(torch.zeros(2), requires_grad=False)])
+    # the fused kernel computes AdamW's update: the same weights as the per-tensor loop after a few steps
+    loop_model = SentenceVAE(cfg.model)
+    loop_model.load_state_dict(model.state_dict())
+    named = dict(loop_model.named_parameters())
+    index = {id(p): n for n, p in model.named_parameters()}
+    groups = [{**{k: v for k, v in g.items() if k not in ("params", "fused")},
+               "params": [named[index[id(p)]] for p in g["params"]]} for g in opt.param_groups]
+    loop_opt = torch.optim.AdamW(groups, foreach=False)
+    ids = torch.randint(4, 40, (3, 7))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for m, o in ((model, opt), (loop_model, loop_opt)):
+        torch.manual_seed(1)
+        for _ in range(3):
+            out = m(ids, mask, ids, eps=torch.zeros(3, cfg.model.latent_dim))
+            out.logits.float().logsumexp(-1).mean().backward()
+            o.step()
+            o.zero_grad()
+    for (name, p), q in zip(model.named_parameters(), loop_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

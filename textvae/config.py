@@ -66,8 +66,10 @@ class DecoderConfig:
     """'gru': what the recurrent decoder knows of positions. 'none': nothing but what its state
     counts; 'input': a learned embedding of each position (zero at first) added to its inputs. With
     it, prior samples end within model.max_len as every training sentence does (the default's: 99 %
-    instead of 95 %), at about 0.01 of latent efficiency (docs/quality.md). The transformer and
-    pretrained decoders always have positions."""
+    instead of 95 %), at about 0.01 of latent efficiency (docs/quality.md). 'end': the same for the
+    last END_POSITIONS positions before model.max_len only, so the decoder learns that a sentence
+    must end by then and nothing else about where it is. The transformer and pretrained decoders
+    always have positions."""
 
     def __post_init__(self) -> None:
         _check_part("model.decoder", self.type, ("transformer", "gru", "pretrained"), self.name_or_path, self.lr)
@@ -77,7 +79,9 @@ class DecoderConfig:
             raise ConfigError(f"model.decoder.positions is a 'gru' option: the {self.type!r} decoder always has positions")
 
 
-GRU_POSITIONS = ("none", "input")
+GRU_POSITIONS = ("none", "input", "end")
+END_POSITIONS = 16
+"""model.decoder.positions 'end': how many of the last positions before model.max_len have an embedding."""
 
 
 @dataclass(frozen=True)
