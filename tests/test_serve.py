@@ -99,7 +99,26 @@ def test_transfer_alpha_zero_is_the_reconstruction(server, trained_run):
     assert out["output"] == TextVAE.from_pretrained(trained_run).reconstruct([A])[0]
 
 
+def test_transfer_passes_its_copy_bias(server, trained_run):
+    """The demo's copy bias is the API's: the default when left out, the code alone at 0."""
+    from textvae.api import TextVAE
+    from textvae.transfer import DEFAULT_COPY_BIAS
+
+    vae = TextVAE.from_pretrained(trained_run)
+    code, info = request(server, "GET", "/api/info")
+    assert code == 200 and info["default_copy_bias"] == DEFAULT_COPY_BIAS
+    body = {"text": A, "source": "kjv", "target": "web", "alpha": 3}
+    # the premise: the bias changes this transfer, so a server that ignored it would fail below
+    assert (vae.transfer([A], "kjv", "web", alpha=3, method="mean-diff", copy_bias=0)
+            != vae.transfer([A], "kjv", "web", alpha=3, method="mean-diff", copy_bias=12.5))
+    for extra, bias in (({}, DEFAULT_COPY_BIAS), ({"copy_bias": 0}, 0.0), ({"copy_bias": 12.5}, 12.5)):
+        code, out = request(server, "POST", "/api/transfer", {**body, **extra})
+        assert code == 200 and out["copy_bias"] == bias
+        assert out["output"] == vae.transfer([A], "kjv", "web", alpha=3, method="mean-diff", copy_bias=bias)[0]
+
+
 @pytest.mark.parametrize("path,body,needles", [
+    ("/api/transfer", {"text": A, "source": "kjv", "target": "web", "copy_bias": -1}, ("'copy_bias' must be between 0",)),
     ("/api/interpolate", {"a": "", "b": B}, ("'a' is empty",)),
     ("/api/interpolate", {"a": "   ", "b": B}, ("'a' is empty",)),
     ("/api/interpolate", {"a": A}, ("'b' is required",)),

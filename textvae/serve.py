@@ -10,12 +10,13 @@ endpoint:
     POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0[, "label": "web"]} -> {"sentences": [...]}
     POST /api/interpolate   {"a": "...", "b": "...", "steps": 9, "method": "slerp"}
                                                                              -> {"path": [{"t", "text"}...]}
-    POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff"}
-                                                                             -> {"output": "...", "alpha": 1.5}
+    POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff",
+                             "copy_bias": 4}                                 -> {"output": "...", "alpha": 1.5}
 
 A label-conditional model (model.conditional 'label') also takes a sample's ``label`` and the
-transfer method ``relabel``. The transfer's method defaults to :data:`SLIDER_METHOD` and its alpha to that method's
-``textvae.transfer.DEFAULT_ALPHA``; ``/api/info`` reports both.
+transfer method ``relabel``. The transfer's method defaults to :data:`SLIDER_METHOD`, its alpha to that method's
+``textvae.transfer.DEFAULT_ALPHA`` and its copy bias (nats on the source's own tokens; 0: the code alone) to
+``textvae.transfer.DEFAULT_COPY_BIAS``; ``/api/info`` reports all three.
 
 Bad input (malformed or too deeply nested JSON, a missing or empty sentence, one over
 :data:`MAX_CHARS` characters, text that is not Unicode, an unknown label, numbers out of range)
@@ -55,6 +56,7 @@ MAX_BODY = 16_384
 MAX_SAMPLES = 20
 MAX_STEPS = 21
 MAX_ALPHA = 50.0
+MAX_COPY_BIAS = 20.0
 IDLE_TIMEOUT = 15.0
 """Seconds a connection may sit idle (or trickle a request) before it is closed."""
 MAX_CONNECTIONS = 64
@@ -88,7 +90,7 @@ class Demo:
         self.labels = list(vae.attributes.labels) if vae.attributes is not None else []
 
     def info(self) -> dict[str, Any]:
-        from textvae.transfer import DEFAULT_ALPHA
+        from textvae.transfer import DEFAULT_ALPHA, DEFAULT_COPY_BIAS
 
         name = self.vae.path.name if self.vae.path is not None else None
         if name == "checkpoint" and self.vae.path.parent.name:  # a run's checkpoint: name the run
@@ -96,7 +98,8 @@ class Demo:
         return {"checkpoint": name, "latent_dim": self.vae.latent_dim, "labels": self.labels,
                 "step": self.vae.meta.get("step"), "max_chars": MAX_CHARS, "max_samples": MAX_SAMPLES,
                 "max_steps": MAX_STEPS, "max_alpha": MAX_ALPHA, "transfer_method": SLIDER_METHOD,
-                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD], "conditional": bool(getattr(self.vae, "conditional", False))}
+                "default_alpha": DEFAULT_ALPHA[SLIDER_METHOD], "default_copy_bias": DEFAULT_COPY_BIAS,
+                "max_copy_bias": MAX_COPY_BIAS, "conditional": bool(getattr(self.vae, "conditional", False))}
 
     def sample(self, body: dict[str, Any]) -> dict[str, Any]:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
@@ -121,7 +124,7 @@ class Demo:
         return {"path": [{"t": i / (steps - 1), "text": t} for i, t in enumerate(texts)], "method": method}
 
     def transfer(self, body: dict[str, Any]) -> dict[str, Any]:
-        from textvae.transfer import DEFAULT_ALPHA
+        from textvae.transfer import DEFAULT_ALPHA, DEFAULT_COPY_BIAS
 
         if not self.labels:
             raise DemoError("this checkpoint has no attribute vectors, so it cannot transfer "
@@ -134,9 +137,11 @@ class Demo:
         methods = ("mean-diff", "project", "relabel") if getattr(self.vae, "conditional", False) else ("mean-diff", "project")
         method = _choice(body, "method", SLIDER_METHOD, methods)
         alpha = _number(body, "alpha", DEFAULT_ALPHA[method], -MAX_ALPHA, MAX_ALPHA)
+        copy_bias = _number(body, "copy_bias", DEFAULT_COPY_BIAS, 0.0, MAX_COPY_BIAS)
         with self.lock:
-            out = self.vae.transfer([text], source, target, alpha=alpha, method=method)[0]
-        return {"output": out, "source": source, "target": target, "alpha": alpha, "method": method}
+            out = self.vae.transfer([text], source, target, alpha=alpha, method=method, copy_bias=copy_bias)[0]
+        return {"output": out, "source": source, "target": target, "alpha": alpha, "method": method,
+                "copy_bias": copy_bias}
 
 
 def _field(body: dict[str, Any], key: str, default: Any) -> Any:
@@ -481,6 +486,8 @@ ol.path li.on{font-weight:bold;color:#174}
 <span>to</span><select id="transfer-target"></select><button id="transfer-go">Transfer</button></div>
 <div class="row"><span>alpha</span><input id="transfer-alpha" type="range" min="0" max="16" step="0.5" value="8">
 <span id="transfer-alpha-value"></span></div>
+<div class="row"><span>copy bias</span><input id="transfer-copy" type="range" min="0" max="8" step="0.5" value="4">
+<span id="transfer-copy-value"></span></div>
 <div class="error" id="transfer-error"></div>
 <div class="shown" id="transfer-output"></div>
 </section>
@@ -523,8 +530,11 @@ async function init() {
     else { $("transfer-go").disabled = true; $("transfer-error").textContent = "This checkpoint has no attribute vectors: transfer is unavailable."; }
     $("transfer-alpha").max = Math.min(info.max_alpha, Math.max(16, 2 * info.default_alpha));
     $("transfer-alpha").value = info.default_alpha;
+    $("transfer-copy").max = Math.min(info.max_copy_bias, Math.max(8, 2 * info.default_copy_bias));
+    $("transfer-copy").value = info.default_copy_bias;
   } catch (e) { $("info").textContent = "Error: cannot reach the server (" + e.message + ")"; }
   $("transfer-alpha-value").textContent = $("transfer-alpha").value;
+  $("transfer-copy-value").textContent = $("transfer-copy").value;
 }
 
 $("sample-go").addEventListener("click", async () => {
@@ -556,12 +566,15 @@ let transferSeq = 0;
 async function transfer() {
   const seq = ++transferSeq;
   const data = await call("/api/transfer", {text: $("transfer-text").value, source: $("transfer-source").value,
-    target: $("transfer-target").value, alpha: Number($("transfer-alpha").value)}, $("transfer-error"), $("transfer-go"));
+    target: $("transfer-target").value, alpha: Number($("transfer-alpha").value),
+    copy_bias: Number($("transfer-copy").value)}, $("transfer-error"), $("transfer-go"));
   if (data && seq === transferSeq) $("transfer-output").textContent = data.output;
 }
 $("transfer-go").addEventListener("click", transfer);
 $("transfer-alpha").addEventListener("input", () => { $("transfer-alpha-value").textContent = $("transfer-alpha").value; });
 $("transfer-alpha").addEventListener("change", () => { if ($("transfer-text").value.trim()) transfer(); });
+$("transfer-copy").addEventListener("input", () => { $("transfer-copy-value").textContent = $("transfer-copy").value; });
+$("transfer-copy").addEventListener("change", () => { if ($("transfer-text").value.trim()) transfer(); });
 init();
 </script>
 </body></html>
