@@ -55,8 +55,8 @@ class CrossfadeVAE:
             out.append(" ".join(wa[: round((1 - t) * len(wa))] + wb[len(wb) - round(t * len(wb)):]))
         return out
 
-    def transfer(self, texts, source, target, alpha=None, method="mean-diff"):
-        return [f"{source}->{target} at {alpha:g}: {t}" for t in texts]
+    def transfer(self, texts, source, target, alpha=None, method="mean-diff", copy_bias=0.0):
+        return [f"{source}->{target} at {alpha:g}, copy {copy_bias:g}: {t}" for t in texts]
 
 
 def start_server(vae):
@@ -150,19 +150,25 @@ def test_slider_walks_the_path_and_the_sentence_changes(browser, crossfade_url, 
     slider.send_keys(Keys.HOME)
     wait.until(lambda d: find("interp-current").text == A)
 
-    # transfer: the labels come from the server; moving the alpha slider re-runs the transfer
-    from textvae.transfer import DEFAULT_ALPHA
+    # transfer: the labels come from the server; moving the alpha or copy-bias slider re-runs the transfer
+    from textvae.transfer import DEFAULT_ALPHA, DEFAULT_COPY_BIAS
     from textvae.serve import SLIDER_METHOD
 
     start = DEFAULT_ALPHA[SLIDER_METHOD]  # the slider starts at its method's default strength
+    copy = DEFAULT_COPY_BIAS
     find("transfer-text").send_keys(B)
     find("transfer-go").click()
-    wait.until(lambda d: find("transfer-output").text == f"kjv->web at {start:g}: {B}")
+    wait.until(lambda d: find("transfer-output").text == f"kjv->web at {start:g}, copy {copy:g}: {B}")
     alpha = find("transfer-alpha")
     for _ in range(4):  # four notches of 0.5 to the left
         alpha.send_keys(Keys.ARROW_LEFT)
-    wait.until(lambda d: find("transfer-output").text == f"kjv->web at {start - 2:g}: {B}")
+    wait.until(lambda d: find("transfer-output").text == f"kjv->web at {start - 2:g}, copy {copy:g}: {B}")
     assert find("transfer-alpha-value").text == f"{start - 2:g}"
+    bias = find("transfer-copy")
+    for _ in range(2):
+        bias.send_keys(Keys.ARROW_LEFT)
+    wait.until(lambda d: find("transfer-output").text == f"kjv->web at {start - 2:g}, copy {copy - 1:g}: {B}")
+    assert find("transfer-copy-value").text == f"{copy - 1:g}"
 
     find("sample-go").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples li")) == 5)
