@@ -369,12 +369,13 @@ class GRUDecoder(Decoder):
         # model.decoder.positions 'input': a GRU can count only what it learns to count; a position
         # embedding tells it where it is, e.g. that every training sentence ends by max_len.
         # 'end': only the last END_POSITIONS positions have a row (row 0, fixed at zero, is every earlier one).
-        self.positions, self.max_len = cfg.decoder.positions, cfg.max_len
-        self.pos = None
-        if self.positions == "input":
+        # Position t reads row max(t - pos_offset, 0).
+        self.pos, self.pos_offset = None, 0
+        if cfg.decoder.positions == "input":
             self.pos = nn.Embedding(cfg.max_len, D)
-        elif self.positions == "end":
+        elif cfg.decoder.positions == "end":
             self.pos = nn.Embedding(min(END_POSITIONS, cfg.max_len) + 1, D, padding_idx=0)
+            self.pos_offset = cfg.max_len - self.pos.num_embeddings
         if L > 0:
             self.z_to_hidden = nn.Linear(L, layers * D)
         self.rnn = nn.GRU(D + L, D, num_layers=layers, batch_first=True, dropout=cfg.dropout if layers > 1 else 0.0)
@@ -405,10 +406,8 @@ class GRUDecoder(Decoder):
         ``start`` is the position of dec_in[:, 0]; only model.decoder.positions reads it."""
         x = self._tok_emb(dec_in)  # (B, T, D)
         if self.pos is not None:
-            where = torch.arange(start, start + dec_in.shape[1], device=dec_in.device)
-            if self.positions == "end":  # 1..END_POSITIONS on the last positions, 0 before them
-                where = (where - (self.max_len - self.pos.num_embeddings)).clamp_min(0)
-            x = x + self.pos(where)
+            where = torch.arange(start - self.pos_offset, start - self.pos_offset + dec_in.shape[1], device=dec_in.device)
+            x = x + self.pos(where.clamp_min(0))
         x = self.drop(x)
         if self.latent_dim > 0:
             x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
