@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -141,12 +142,12 @@ def test_copy_bias_keeps_the_source_tokens(vae, monkeypatch):
     assert plain == vae.decode(latent.transfer_mean_diff(z, vae.attributes.vector("kjv"), vae.attributes.vector("web"), 4.0))
     assert vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method="mean-diff") == \
         vae.transfer(SENTENCES, "kjv", "web", alpha=4.0, method="mean-diff", copy_bias=DEFAULT_COPY_BIAS)
-    own = [set(vae.tokenizer.encode(x)) for x in SENTENCES]
+    own = [vae.tokenizer.encode(x) for x in SENTENCES]
     seen, real = [], generate.decode
 
-    def spy(model, z, *args, token_bias=None, **kw):
-        out = real(model, z, *args, token_bias=token_bias, **kw)
-        seen.append((token_bias, out.ids))
+    def spy(model, z, *args, token_bias=None, token_budget=None, **kw):
+        out = real(model, z, *args, token_bias=token_bias, token_budget=token_budget, **kw)
+        seen.append((token_bias, token_budget, out.ids))
         return out
 
     monkeypatch.setattr(generate, "decode", spy)
@@ -160,12 +161,16 @@ def test_copy_bias_keeps_the_source_tokens(vae, monkeypatch):
         # search decodes sentences 1 and 3 again (the judge took 0 and 2 in the first round)
         rows_of = [[0, 1, 2, 3], [1, 3]] if method == "search" else [[0, 1, 2, 3]] * len(seen)
         assert len(seen) == len(rows_of) and len(out) == len(SENTENCES)
-        for (bias, ids), rows in zip(seen, rows_of):
+        for (bias, budget, ids), rows in zip(seen, rows_of):
             assert bias is not None and bias.shape[0] == len(ids) == len(rows)
-            for row, toks, i in zip(bias, ids, rows):
-                allowed = set(row.nonzero().flatten().tolist())
-                assert allowed == own[i], method  # the row's bias is its own sentence's tokens
-                assert set(toks) <= allowed, method  # and the decode wrote only those
+            for row, uses, toks, i in zip(bias, budget, ids, rows):
+                source = Counter(own[i])
+                assert set(row.nonzero().flatten().tolist()) == set(source), method  # its own sentence's tokens
+                assert {t: int(uses[t]) for t in source} == source and int(uses.sum()) == len(own[i]), method
+                # 50 nats win every step while any bonus is left, and each bonus lasts as many uses
+                # as the source has of its token: the decode opens with the source's tokens, reordered
+                n = len(own[i])
+                assert Counter(toks[:n]) == source if len(toks) >= n else Counter(toks) <= source, method
     assert out != plain
     with pytest.raises(InputError, match="--copy-bias must be a number of nats >= 0"):
         vae.transfer(SENTENCES, "kjv", "web", copy_bias=-1.0)

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -350,8 +351,10 @@ def test_kills_inside_the_publish_protocol(reference_run, tmp_path):
     chosen = [max(i for i, s in enumerate(steps) if s == name) + 1 for name in names if name in steps]
     chosen.append(steps.index(f"write {ckpt.CONFIG}") + 1)  # inside the first save
     assert len(chosen) == 4, steps
-    for k in chosen:
-        kill_and_resume(tmp_path / f"kill{k}", k, reference)
+    # two at a time: each case is two one-thread training processes, mostly start-up
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(kill_and_resume, tmp_path / f"kill{k}", k, reference) for k in chosen]:
+            done.result()
 
 
 @pytest.mark.slow

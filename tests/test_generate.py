@@ -181,6 +181,39 @@ def test_token_bias_shifts_each_row_by_its_own_bias():
         assert texts == ["9 9 9", "7 7 7", ""]
 
 
+def test_token_budget_spends_a_rows_bias_after_so_many_uses():
+    """With token_budget, a token keeps its bias only until the row has written it that many
+    times (the copy bias lasts as many uses as the source has): row 1 writes 7 twice and then the
+    model's 9s, row 0 (no budget left for anything) the model's 9s, in every strategy and through
+    decode_texts' batches."""
+    model = forced_model(9)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    V = model.tok_emb.num_embeddings
+    bias = torch.zeros(2, V)
+    bias[:, 7] = 1e4
+    budget = torch.zeros(2, V)
+    budget[1, 7] = 2.0
+    for strategy in ("greedy", "sample", "beam"):
+        out = generate.decode(model, z, BOS, EOS, strategy, beam_size=2, max_len=5, token_bias=bias,
+                              token_budget=budget, generator=torch.Generator().manual_seed(0))
+        assert out.ids == [[9] * 5, [7, 7, 9, 9, 9]], strategy
+        unlimited = generate.decode(model, z, BOS, EOS, strategy, beam_size=2, max_len=5, token_bias=bias,
+                                    generator=torch.Generator().manual_seed(0))
+        assert unlimited.ids == [[7] * 5, [7] * 5], strategy
+    with pytest.raises(ValueError, match="token_budget needs a token_bias of its shape"):
+        generate.decode(model, z, BOS, EOS, "greedy", token_budget=budget)
+
+    class Tok:
+        bos_id, eos_id = BOS, EOS
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    texts, _ = generate.decode_texts(model, Tok(), z, batch_size=1, max_len=3, token_bias=bias.to_sparse(),
+                                     token_budget=budget.to_sparse())
+    assert texts == ["9 9 9", "7 7 9"]
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="strategy"):
         generate.decode(make_model(), torch.zeros(1, 8), BOS, EOS, "nucleus")

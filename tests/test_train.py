@@ -135,6 +135,17 @@ def test_determinism_same_seed_same_metrics(main_case, tmp_path):
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_validation_cadence_leaves_the_weights_alone(main_case, tmp_path):
+    """Validating more or less often (or never) draws from its own random stream: the trained
+    weights are those of the same run validated at another cadence."""
+    cfg, _, a, _, _ = main_case
+    assert cfg.train.eval_every == cfg.train.max_steps  # run A validated once, at the end
+    train(tiny_config(RESUME_CASES["mid-epoch"][0] + ["train.eval_every=3"]), tmp_path / "E")
+    assert sum(r["split"] == "valid" for r in read_jsonl(tmp_path / "E" / "metrics.jsonl")) == 7
+    wa, we = weights(a), weights(tmp_path / "E")
+    assert all(torch.equal(wa[k], we[k]) for k in wa)
+
+
 def test_other_seed_gives_other_losses(main_case, tmp_path):
     cfg, _, a, _, _ = main_case
     train(tiny_config(["train.max_steps=2", "train.log_every=1", "train.seed=1"]), tmp_path / "D")

@@ -605,8 +605,9 @@ def _add_judge_and_bias(p: argparse.ArgumentParser) -> None:
                         f"classifier: the scoring classifier itself (optimistic) (default: {t.DEFAULT_JUDGE})")
     p.add_argument("--copy-bias", type=_float(0, 100), default=t.DEFAULT_COPY_BIAS, metavar="NATS",
                    help="add NATS to the logits of the source sentence's own tokens at every decoding step, so that "
-                        "the output keeps the source's words where the code leaves the choice open (every "
-                        f"method; 0: the code alone; default {t.DEFAULT_COPY_BIAS:g})")
+                        "the output keeps the source's words where the code leaves the choice open; a token's bonus "
+                        "lasts as many uses as the source has of it (every method; 0: the code alone; default "
+                        f"{t.DEFAULT_COPY_BIAS:g})")
     _add_fluency(p)
 
 

@@ -186,7 +186,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional["torch.Generator | RowSeeds"] = None,
            use_cache: bool = True, no_repeat_ngram: int = 0, words: Optional[SeenWords] = None,
-           token_bias: Optional[torch.Tensor] = None) -> Decoded:
+           token_bias: Optional[torch.Tensor] = None, token_budget: Optional[torch.Tensor] = None) -> Decoded:
     """Decode latent codes z (B, L) into token ids, all rows of the batch at once.
 
     Args:
@@ -204,13 +204,16 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         words: decode only words seen in training (:class:`SeenWords`); None: any token sequence.
         token_bias: (B, V) added to each row's logits at every step, before any filtering (the
             copy bias of style transfer: a bonus on the tokens of the sentence being rewritten).
+        token_budget: (B, V) with token_bias: how many times a row may write each token with its
+            bias; once written that often, the token's bias is spent (the copy bias lasts as many
+            uses as the source has of the token, so it cannot make the decoder loop on one). None:
+            the bias never runs out.
     """
     check_options(strategy, temperature, top_k, top_p, beam_size, max_len, no_repeat_ngram, use_cache)
-    if token_bias is not None and token_bias.shape[0] != z.shape[0]:
-        raise ValueError(f"token_bias has {token_bias.shape[0]} rows for {z.shape[0]} codes")
+    _check_bias(token_bias, token_budget, z.shape[0])
     limit = model.cfg.max_len - 1 if max_len is None else min(max_len, model.cfg.max_len - 1)
     if strategy == "beam":
-        return _beam(model, z, bos_id, eos_id, beam_size, limit, words, token_bias)
+        return _beam(model, z, bos_id, eos_id, beam_size, limit, words, token_bias, token_budget)
     B = z.shape[0]
     device = z.device
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
@@ -219,6 +222,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
     cache = model.init_cache(z)
     prefix = tokens
     states = words.start(B) if words is not None else None
+    written = None if token_budget is None else torch.zeros_like(token_budget)  # (B, V) uses of each bias
     for step in range(limit):
         if use_cache:
             logits, cache = model.decode(tokens, z, cache, start=step)
@@ -226,7 +230,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             logits, _ = model.decode(prefix, z, last_only=True)
         logits = logits[:, -1].float()
         if token_bias is not None:
-            logits = logits + token_bias
+            logits = logits + _live_bias(token_bias, token_budget, written)
         if no_repeat_ngram:
             logits = ban_repeated_ngrams(logits, out, no_repeat_ngram, eos_id)
         if words is not None:
@@ -241,6 +245,8 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             else:
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         nxt = nxt.masked_fill(done, eos_id)
+        if written is not None:
+            written[torch.arange(B, device=device), nxt] += 1
         out = torch.cat([out, nxt[:, None]], dim=1)
         done |= nxt == eos_id
         if bool(done.all()):
@@ -254,6 +260,19 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
     if words is not None and not bool(done.all()):
         rows = words.trim(rows, states)
     return _finish(rows, eos_id)
+
+
+def _check_bias(bias: Optional[torch.Tensor], budget: Optional[torch.Tensor], rows: int) -> None:
+    if bias is not None and bias.shape[0] != rows:
+        raise ValueError(f"token_bias has {bias.shape[0]} rows for {rows} codes")
+    if budget is not None and (bias is None or budget.shape != bias.shape):
+        raise ValueError("token_budget needs a token_bias of its shape")
+
+
+def _live_bias(bias: torch.Tensor, budget: Optional[torch.Tensor], written: Optional[torch.Tensor]) -> torch.Tensor:
+    """The bias (B, V) still to add: all of it without a budget, else where a token was written
+    fewer times than its budget."""
+    return bias if budget is None else torch.where(written < budget, bias, torch.zeros_like(bias))
 
 
 def ban_repeated_ngrams(logits: torch.Tensor, out: torch.Tensor, n: int, eos_id: int) -> torch.Tensor:
@@ -288,12 +307,15 @@ def _finish(rows: list[list[int]], eos_id: int) -> Decoded:
 
 
 def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_size: int, limit: int,
-          words: Optional[SeenWords] = None, token_bias: Optional[torch.Tensor] = None) -> Decoded:
+          words: Optional[SeenWords] = None, token_bias: Optional[torch.Tensor] = None,
+          token_budget: Optional[torch.Tensor] = None) -> Decoded:
     """Beam search with length-normalised scores; each input row keeps beam_size hypotheses."""
     B, K = z.shape[0], beam_size
     device = z.device
     zk = z.repeat_interleave(K, dim=0)  # (B*K, L)
     bias = None if token_bias is None else token_bias.repeat_interleave(K, dim=0)  # (B*K, V)
+    budget = None if token_budget is None else token_budget.repeat_interleave(K, dim=0)
+    written = None if budget is None else torch.zeros_like(budget)  # each beam's uses of its bias
     cache = model.init_cache(zk)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
@@ -305,7 +327,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     for step in range(limit):
         logits, cache = model.decode(tokens, zk, cache, start=step)
         logits = logits[:, -1].float()
-        logp = (logits if bias is None else logits + bias).log_softmax(-1)  # (B*K, V)
+        logp = (logits if bias is None else logits + _live_bias(bias, budget, written)).log_softmax(-1)  # (B*K, V)
         if words is not None:
             logp = words.restrict(logp, states)
         V = logp.shape[-1]
@@ -324,6 +346,9 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
         lengths = new_len.gather(1, top).view(-1)
         seqs = torch.cat([seqs[rows], tok.view(-1, 1)], dim=1)
         done = done[rows] | (tok.view(-1) == eos_id)
+        if written is not None:
+            written = written[rows]
+            written[torch.arange(B * K, device=device), tok.view(-1)] += 1
         cache = model.reorder_cache(cache, rows)  # keys/values (or a GRU state) of the surviving beams
         if words is not None:
             states = words.advance([states[r] for r in rows.tolist()], tok.view(-1).tolist())
@@ -348,16 +373,17 @@ def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batc
     device = next(model.parameters()).device
     texts: list[str] = []
     finished: list[bool] = []
-    bias = decode_kwargs.pop("token_bias", None)  # (N, V), dense or sparse: made dense a batch at a time
+    # (N, V), dense or sparse: made dense a batch at a time
+    tables = {k: decode_kwargs.pop(k) for k in ("token_bias", "token_budget") if decode_kwargs.get(k) is not None}
     for start in range(0, z.shape[0], batch_size):
         stop = start + batch_size
-        part = None
-        if bias is not None:
-            part = bias.index_select(0, torch.arange(start, min(stop, z.shape[0])))
-            part = (part.to_dense() if part.is_sparse else part).to(device)
+        parts = {}
+        for key, table in tables.items():
+            part = table.index_select(0, torch.arange(start, min(stop, z.shape[0])))
+            parts[key] = (part.to_dense() if part.is_sparse else part).to(device)
         out = decode(model, z[start:stop].to(device), tokenizer.bos_id, tokenizer.eos_id,
                      generator=generator[start:stop] if isinstance(generator, RowSeeds) else generator,
-                     token_bias=part, **decode_kwargs)
+                     **parts, **decode_kwargs)
         texts += [tokenizer.decode(ids) for ids in out.ids]
         finished += out.finished
     return texts, finished

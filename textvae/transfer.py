@@ -20,8 +20,10 @@ candidate of every method with the target label.
 sentence's own tokens at every decoding step of every method: the code says what to write and in
 which style, the bias makes the decoder prefer the source's words where the code leaves the choice
 open. z carries only part of a sentence, so from the code alone a transfer keeps the topic and
-loses the details; with the bias the decoder keeps more of the words that both styles share. 0
-decodes from the code alone; at strength 0 no method adds it (the output is the reconstruction).
+loses the details; with the bias the decoder keeps more of the words that both styles share. A
+token's bonus lasts as many uses as the source has of it, then it is spent: the bias cannot make
+the decoder loop on a source word ("Sweet! thou! Sweet! ... Sweet!"). 0 decodes from the code
+alone; at strength 0 no method adds it (the output is the reconstruction).
 
 'search' and 'closest' choose among candidates, and a fluency guard decides which may be chosen
 besides the judge: a candidate with more than ``max_unseen`` of its words never seen in training,
@@ -210,7 +212,8 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
     else:
         mu, _ = codec.encode_texts(texts)
     if opts.copy_bias > 0 and alpha != 0:
-        decode_kwargs = {**decode_kwargs, "token_bias": copy_bias(codec, texts, opts.copy_bias)}
+        bias, budget = copy_bias(codec, texts, opts.copy_bias)
+        decode_kwargs = {**decode_kwargs, "token_bias": bias, "token_budget": budget}
     if opts.method == "relabel" and alpha == 0:
         return Transferred(codec.decode(mu, opts.strategy, seeds, **decode_kwargs), torch.zeros(len(mu)))
     if attrs is None:
@@ -245,27 +248,31 @@ def transfer(codec: Codec, attrs: Optional[latent.Attributes], texts: list[str],
     return _search(codec, mu, s, t, alpha, opts, accept, seeds, **decode_kwargs)
 
 
-def copy_bias(codec: Codec, texts: Sequence[str], bonus: float) -> torch.Tensor:
-    """(N, V), sparse: ``bonus`` on the ids of each text's own tokens (its unknown pieces
-    excepted). Decoding makes each batch's rows dense (a dense table of a large file under a large
-    vocabulary would not fit in memory)."""
+def copy_bias(codec: Codec, texts: Sequence[str], bonus: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (N, V) sparse tables: ``bonus`` on the ids of each text's own tokens (its unknown pieces
+    excepted), and how many times each occurs in the text (the bias's budget: see
+    :func:`textvae.generate.decode`). Decoding makes each batch's rows dense (a dense table of a
+    large file under a large vocabulary would not fit in memory)."""
     tok = codec.tokenizer
-    rows, cols = [], []
+    rows, cols, counts = [], [], []
     for i, ids in enumerate(tok.encode_batch(list(texts))):
-        ids = sorted({t for t in ids if t != tok.unk_id})
-        rows += [i] * len(ids)
-        cols += ids
+        ids = [t for t in ids if t != tok.unk_id]
+        kept = sorted(set(ids))
+        rows += [i] * len(kept)
+        cols += kept
+        counts += [float(ids.count(t)) for t in kept]
     index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
-    return torch.sparse_coo_tensor(index, torch.full((len(rows),), float(bonus)),
-                                   (len(texts), codec.config.model.vocab_size), check_invariants=True).coalesce()
+    shape = (len(texts), codec.config.model.vocab_size)
+    bias = torch.sparse_coo_tensor(index, torch.full((len(rows),), float(bonus)), shape, check_invariants=True)
+    budget = torch.sparse_coo_tensor(index, torch.tensor(counts, dtype=torch.float32), shape, check_invariants=True)
+    return bias.coalesce(), budget.coalesce()
 
 
 def _rows(decode_kwargs: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
-    """decode_kwargs for a subset of the sentences (the copy bias has one row per sentence)."""
-    bias = decode_kwargs.get("token_bias")
-    if bias is None:
-        return decode_kwargs
-    return {**decode_kwargs, "token_bias": bias.index_select(0, torch.tensor(list(rows), dtype=torch.long))}
+    """decode_kwargs for a subset of the sentences (the copy bias and its budget have one row per sentence)."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return {k: v.index_select(0, index) if k in ("token_bias", "token_budget") and v is not None else v
+            for k, v in decode_kwargs.items()}
 
 
 def sentence_seeds(texts: Sequence[str], seed: int) -> list[int]:
