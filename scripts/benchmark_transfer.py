@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * judge.info.get('heldout_accuracy', float('nan')):.1f}%; it accepts a target probability of at "
         f"least {JUDGE_THRESHOLD:g}. `latent`: the re-encoded output lies past the midpoint of the two attribute "
         "vectors. `classifier`: the scorer itself, so its accuracy is optimistic."
-        + f" Every decode adds {copy_bias:g} nats to the logits of the source sentence's own tokens "
-        "(`--copy-bias`; 0: decoded from the code alone).",
+        + f" Every decode adds {copy_bias:g} nats to the logits of the source sentence's own tokens, each for as "
+        "many uses as the source has of it (`--copy-bias`; 0: decoded from the code alone).",
         "",
         f"sacrebleu signature: `{reports[0]['signature']}`",
     ]
