@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -256,11 +257,11 @@ def copy_bias(codec: Codec, texts: Sequence[str], bonus: float) -> tuple[torch.T
     tok = codec.tokenizer
     rows, cols, counts = [], [], []
     for i, ids in enumerate(tok.encode_batch(list(texts))):
-        ids = [t for t in ids if t != tok.unk_id]
-        kept = sorted(set(ids))
+        uses = Counter(t for t in ids if t != tok.unk_id)
+        kept = sorted(uses)
         rows += [i] * len(kept)
         cols += kept
-        counts += [float(ids.count(t)) for t in kept]
+        counts += [float(uses[t]) for t in kept]
     index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
     shape = (len(texts), codec.config.model.vocab_size)
     bias = torch.sparse_coo_tensor(index, torch.full((len(rows),), float(bonus)), shape, check_invariants=True)
