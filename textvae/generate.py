@@ -222,15 +222,15 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
     cache = model.init_cache(z)
     prefix = tokens
     states = words.start(B) if words is not None else None
-    written = None if token_budget is None else torch.zeros_like(token_budget)  # (B, V) uses of each bias
+    bias, left = _bias_state(token_bias, token_budget)
     for step in range(limit):
         if use_cache:
             logits, cache = model.decode(tokens, z, cache, start=step)
         else:
             logits, _ = model.decode(prefix, z, last_only=True)
         logits = logits[:, -1].float()
-        if token_bias is not None:
-            logits = logits + _live_bias(token_bias, token_budget, written)
+        if bias is not None:
+            logits = logits + bias
         if no_repeat_ngram:
             logits = ban_repeated_ngrams(logits, out, no_repeat_ngram, eos_id)
         if words is not None:
@@ -245,8 +245,8 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
             else:
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         nxt = nxt.masked_fill(done, eos_id)
-        if written is not None:
-            written[torch.arange(B, device=device), nxt] += 1
+        if left is not None:
+            _spend(bias, left, nxt)
         out = torch.cat([out, nxt[:, None]], dim=1)
         done |= nxt == eos_id
         if bool(done.all()):
@@ -269,10 +269,20 @@ def _check_bias(bias: Optional[torch.Tensor], budget: Optional[torch.Tensor], ro
         raise ValueError("token_budget needs a token_bias of its shape")
 
 
-def _live_bias(bias: torch.Tensor, budget: Optional[torch.Tensor], written: Optional[torch.Tensor]) -> torch.Tensor:
-    """The bias (B, V) still to add: all of it without a budget, else where a token was written
-    fewer times than its budget."""
-    return bias if budget is None else torch.where(written < budget, bias, torch.zeros_like(bias))
+def _bias_state(bias: Optional[torch.Tensor], budget: Optional[torch.Tensor]
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The bias to add at the first step (none where the budget allows no use) and the uses left
+    of each (copies, which :func:`_spend` changes); without a budget, the bias as it is and None."""
+    if budget is None:
+        return bias, None
+    return bias.masked_fill(budget <= 0, 0.0), budget.clone()
+
+
+def _spend(bias: torch.Tensor, left: torch.Tensor, tokens: torch.Tensor) -> None:
+    """One use of each row's bias on the token it wrote; a bias with no use left is zeroed."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    left[rows, tokens] -= 1
+    bias[rows, tokens] = torch.where(left[rows, tokens] > 0, bias[rows, tokens], 0.0)
 
 
 def ban_repeated_ngrams(logits: torch.Tensor, out: torch.Tensor, n: int, eos_id: int) -> torch.Tensor:
@@ -313,9 +323,10 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     B, K = z.shape[0], beam_size
     device = z.device
     zk = z.repeat_interleave(K, dim=0)  # (B*K, L)
-    bias = None if token_bias is None else token_bias.repeat_interleave(K, dim=0)  # (B*K, V)
-    budget = None if token_budget is None else token_budget.repeat_interleave(K, dim=0)
-    written = None if budget is None else torch.zeros_like(budget)  # each beam's uses of its bias
+    bias, left = _bias_state(token_bias, token_budget)
+    if bias is not None:  # each beam its own row: (B*K, V)
+        bias = bias.repeat_interleave(K, dim=0)
+        left = None if left is None else left.repeat_interleave(K, dim=0)
     cache = model.init_cache(zk)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
@@ -327,7 +338,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     for step in range(limit):
         logits, cache = model.decode(tokens, zk, cache, start=step)
         logits = logits[:, -1].float()
-        logp = (logits if bias is None else logits + _live_bias(bias, budget, written)).log_softmax(-1)  # (B*K, V)
+        logp = (logits if bias is None else logits + bias).log_softmax(-1)  # (B*K, V)
         if words is not None:
             logp = words.restrict(logp, states)
         V = logp.shape[-1]
@@ -346,9 +357,9 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
         lengths = new_len.gather(1, top).view(-1)
         seqs = torch.cat([seqs[rows], tok.view(-1, 1)], dim=1)
         done = done[rows] | (tok.view(-1) == eos_id)
-        if written is not None:
-            written = written[rows]
-            written[torch.arange(B * K, device=device), tok.view(-1)] += 1
+        if left is not None:
+            bias, left = bias[rows], left[rows]  # the surviving beams' own (indexing copies)
+            _spend(bias, left, tok.view(-1))
         cache = model.reorder_cache(cache, rows)  # keys/values (or a GRU state) of the surviving beams
         if words is not None:
             states = words.advance([states[r] for r in rows.tolist()], tok.view(-1).tolist())
