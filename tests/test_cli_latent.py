@@ -145,7 +145,7 @@ def test_evaluate_transfer_with_references(run_cli, copy_run, parallel):
     rc, out, err = run_cli("evaluate-transfer", "--checkpoint", run, "--data", TINY_DATA / "valid.jsonl",
                            "--from", "kjv", "--to", "web", "--refs", parallel, "--refs-column", "web",
                            "--id-column", "id", "--limit", "8", "--sweep", "0,1", "--sweep-methods", "mean-diff",
-                           "--json")
+                           "--candidates", "2", "--samples", "2", "--json")
     assert rc == 0, err
     report = json.loads(out)
     assert report["sentences"] == 8
@@ -158,7 +158,7 @@ def test_evaluate_transfer_with_references(run_cli, copy_run, parallel):
     kjv_ids = [v["id"] for v in verses if v["style"] == "kjv"][:8]
     assert [e["reference"] for e in report["examples"]] == [web[i] for i in kjv_ids]
     rc, table, err = run_cli("evaluate-transfer", "--checkpoint", run, "--data", TINY_DATA / "valid.jsonl",
-                             "--from", "kjv", "--to", "web", "--limit", "4", "--sweep", "")
+                             "--from", "kjv", "--to", "web", "--limit", "4", "--sweep", "", "--samples", "0")
     assert rc == 0, err
     assert "| copy (output = input) |" in table and "held-out accuracy" in table and "sacrebleu signature" in table
 
