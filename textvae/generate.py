@@ -181,6 +181,10 @@ class SeenWords:
         return ids
 
 
+ROW_TABLES = ("token_bias", "token_budget")
+"""The arguments of :func:`decode` with one (V,) row per code: a subset of the codes takes the same rows."""
+
+
 @torch.no_grad()
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
@@ -385,7 +389,7 @@ def decode_texts(model: SentenceVAE, tokenizer: Tokenizer, z: torch.Tensor, batc
     texts: list[str] = []
     finished: list[bool] = []
     # (N, V), dense or sparse: made dense a batch at a time
-    tables = {k: decode_kwargs.pop(k) for k in ("token_bias", "token_budget") if decode_kwargs.get(k) is not None}
+    tables = {k: decode_kwargs.pop(k) for k in ROW_TABLES if decode_kwargs.get(k) is not None}
     for start in range(0, z.shape[0], batch_size):
         stop = start + batch_size
         parts = {}

@@ -54,6 +54,7 @@ import torch
 from textvae import latent, style
 from textvae.config import Config
 from textvae.errors import DataError, InputError
+from textvae.generate import ROW_TABLES
 
 log = logging.getLogger("textvae")
 
@@ -272,7 +273,7 @@ def copy_bias(codec: Codec, texts: Sequence[str], bonus: float) -> tuple[torch.T
 def _rows(decode_kwargs: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     """decode_kwargs for a subset of the sentences (the copy bias and its budget have one row per sentence)."""
     index = torch.tensor(list(rows), dtype=torch.long)
-    return {k: v.index_select(0, index) if k in ("token_bias", "token_budget") and v is not None else v
+    return {k: v.index_select(0, index) if k in ROW_TABLES and v is not None else v
             for k, v in decode_kwargs.items()}
 
 
