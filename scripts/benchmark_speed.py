@@ -19,6 +19,15 @@ Decoding (one line per config x length): sentences per second of batched greedy 
 fixed length (32 and 64 tokens; eos never stops it), with the key/value cache and with full
 recomputation of the prefix every step (``generate.decode(use_cache=False)``), alternating.
 
+Variants (``--variant NAME=KEY=VALUE[,KEY=VALUE...]``, repeatable): instead of the comparison with
+the reference, the training step of the first ``--configs`` config as it is ("as configured") and
+under each variant's overrides, alternating in rounds on the same batches, so that a machine whose
+speed drifts (a shared host) slows every variant alike; one line per variant with its time per
+step relative to the config's:
+
+    python scripts/benchmark_speed.py --configs configs/default.yaml --no-decode --rounds 6 \
+        --variant embed96=model.embed_dim=96 --variant embed96-ff384=model.embed_dim=96,model.d_ff=384
+
 Writes every figure to ``--json`` (default docs/benchmark_speed.json) with the machine, the
 number of threads and the command. Cases that cannot run here (fp16 or the GPU config on a CPU,
 torch.compile on a CPU unless ``--compile``) are printed as skipped.
@@ -277,6 +286,43 @@ def bench_training(cfg: Config, tok, batches, device: torch.device, precision: s
             "ratio": res["textvae"]["tokens_per_s"] / res["reference"]["tokens_per_s"]}
 
 
+def bench_variants(path: Path, base: list[str], variants: list[str], device: torch.device, args) -> list[dict]:
+    """The training step of one config as configured and under each variant's overrides (model and
+    train keys; the data and tokenizer stay the config's), alternating in rounds on the same batches."""
+    cfg, tok, batches = load_data(load_config(path, base), max(args.steps, args.warmup))
+    on_device = [b.to(device) for b in batches]
+    arms: dict[str, Config] = {"as configured": cfg}
+    for spec in variants:
+        name, _, overrides = spec.partition("=")
+        if not name or not overrides:
+            raise TextVAEError(f"--variant {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+        v = load_config(path, base + overrides.split(","))
+        arms[name] = replace(v, model=replace(v.model, vocab_size=tok.vocab_size))
+    trainers = {}
+    for name, c in arms.items():
+        torch.manual_seed(0)
+        trainers[name] = Trainer(SentenceVAE(c.model, pad_id=tok.pad_id), c, tok, device, "fp32", False)
+        for b in on_device[: args.warmup]:
+            trainers[name].step(b)
+    seconds = dict.fromkeys(trainers, 0.0)
+    order = list(trainers)
+    for r in range(args.rounds):
+        for name in order[r % len(order):] + order[: r % len(order)]:  # each arm takes every place in turn
+            sync(device)
+            t0 = time.perf_counter()
+            for b in on_device[: args.steps]:
+                trainers[name].step(b)
+            sync(device)
+            seconds[name] += time.perf_counter() - t0
+    steps = args.rounds * args.steps
+    tokens = args.rounds * sum(b.n_tokens for b in on_device[: args.steps])
+    first = seconds["as configured"]
+    return [{"variant": name, "overrides": spec, "params": params(trainers[name].model),
+             "ms_per_step": 1000 * seconds[name] / steps, "tokens_per_s": tokens / seconds[name],
+             "time_vs_config": seconds[name] / first}
+            for name, spec in zip(trainers, ["", *[v.partition("=")[2] for v in variants]])]
+
+
 def bench_decoding(cfg: Config, tok, device: torch.device, length: int, args) -> dict:
     torch.manual_seed(0)
     mc = replace(cfg.model, max_len=max(cfg.model.max_len, length + 1), dropout=0.0)
@@ -339,9 +385,14 @@ def main() -> int:
     ap.add_argument("--decode-batch", type=int, default=64)
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                    help="time the first config's training step under these overrides against the config as it is")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'shared machine')")
-    ap.add_argument("--json", default=str(REPO / "docs" / "benchmark_speed.json"))
+    ap.add_argument("--json", default=None,
+                    help="default docs/benchmark_speed.json (docs/benchmark_speed_variants.json with --variant)")
     args = ap.parse_args()
+    if args.json is None:
+        args.json = str(REPO / "docs" / ("benchmark_speed_variants.json" if args.variant else "benchmark_speed.json"))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -369,6 +420,20 @@ def main() -> int:
         meta["bf16_matmul_peak_flop_per_s"] = peak
         print(f"# measured bf16 matmul peak: {peak / 1e12:.1f} TFLOP/s", flush=True)
     results = {"meta": meta, "training": [], "decoding": [], "skipped": []}
+    if args.variant:
+        path = configs[0]
+        try:
+            rows = bench_variants(REPO / path if not Path(path).is_absolute() else Path(path), args.set, args.variant,
+                                  device, args)
+        except TextVAEError as e:
+            print(f"benchmark_speed: error: {e}", file=sys.stderr)
+            return 2
+        for r in rows:
+            print(f"variant {r['variant']:<16} {r['ms_per_step']:7.1f} ms/step  {r['tokens_per_s']:>8,.0f} tok/s  "
+                  f"x{r['time_vs_config']:.3f} the config's time  params {r['params'] / 1e6:.2f}M  {r['overrides']}",
+                  flush=True)
+        results["variants"] = {"config": path, "rows": rows}
+        configs = []
 
     def skip(what: str, why: str) -> None:
         print(f"skip    {what}: {why}", flush=True)

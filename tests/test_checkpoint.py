@@ -89,6 +89,22 @@ def test_fresh_model_round_trip(trained, tmp_path):
     assert not torch.allclose(expected, logits_on(trained.model, trained.tokenizer, SENTENCES))
 
 
+def test_factorised_embedding_round_trip(trained, tmp_path):
+    """model.embed_dim: the narrow table and its projection are saved and the model rebuilt from config.json."""
+    from dataclasses import replace
+
+    cfg = replace(trained.config, model=replace(trained.config.model, embed_dim=8))
+    torch.manual_seed(5)
+    model = SentenceVAE(cfg.model, pad_id=trained.tokenizer.pad_id).eval()
+    ckpt.save_checkpoint(tmp_path / "narrow", model, trained.tokenizer, cfg)
+    state = load_file(str(tmp_path / "narrow" / ckpt.WEIGHTS))
+    assert state["tok_emb.weight"].shape[1] == 8 and state["tok_emb.proj"].shape[0] == 8
+    loaded = ckpt.load_pretrained(tmp_path / "narrow")
+    assert loaded.config.model.embed_dim == 8
+    assert torch.equal(logits_on(model, trained.tokenizer, SENTENCES),
+                       logits_on(loaded.model, loaded.tokenizer, SENTENCES))
+
+
 def test_weights_are_safetensors_without_duplicates(trained_run):
     state = load_file(str(trained_run / ckpt.CHECKPOINT_DIR / ckpt.WEIGHTS))
     assert "tok_emb.weight" in state

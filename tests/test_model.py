@@ -195,6 +195,53 @@ def test_output_embedding_is_tied(decoder):
     assert (after - before)[0][:, others].abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("decoder", ["transformer", "gru"])
+def test_factorised_embedding_is_one_low_rank_table_both_ways(decoder):
+    """model.embed_dim E < D (Lan et al. 2020): the embedding in use is the V x D table E P of rank E.
+    Input rows are rows of E P, and the logits are h (E P)^T, computed as (h P^T) E^T."""
+    from textvae.config import DecoderConfig
+
+    model = make_model(embed_dim=8, decoder=DecoderConfig(type=decoder))
+    emb = model.tok_emb
+    assert emb.weight.shape == (40, 8) and emb.proj.shape == (8, 32)
+    assert [n for n, p in model.named_parameters() if n.startswith("tok_emb")] == ["tok_emb.weight", "tok_emb.proj"]
+    table = emb.weight @ emb.proj  # (V, D)
+    assert torch.linalg.matrix_rank(table) == 8
+    x = tokens(2, 6)
+    torch.testing.assert_close(emb(x), table[x])
+    h = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(emb.logits(h), h @ table.T)
+    hidden = []
+    hook = model.decoder.ln.register_forward_hook(lambda module, args, out: hidden.append(out))
+    with torch.no_grad():
+        logits, _ = model.decode(x, torch.randn(2, 8, generator=torch.Generator().manual_seed(4)))
+    hook.remove()
+    torch.testing.assert_close(logits, hidden[-1] @ table.T)
+
+
+def test_factorised_embedding_starts_with_the_spread_of_a_full_one():
+    torch.manual_seed(0)
+    model = SentenceVAE(small_model_config(vocab_size=4000, d_model=64, embed_dim=16))
+    table = model.tok_emb.weight @ model.tok_emb.proj
+    assert 0.015 < table.std().item() < 0.025  # the full table starts at std 0.02
+
+
+def test_embed_dim_zero_or_d_model_is_the_full_table():
+    torch.manual_seed(0)
+    full = SentenceVAE(small_model_config()).state_dict()
+    for embed_dim in (0, 32):
+        torch.manual_seed(0)
+        same = SentenceVAE(small_model_config(embed_dim=embed_dim)).state_dict()
+        assert same.keys() == full.keys() and all(torch.equal(same[k], full[k]) for k in full)
+
+
+def test_embed_dim_wider_than_the_model_rejected():
+    from textvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.embed_dim"):
+        small_model_config(embed_dim=33)
+
+
 def test_z_injection_parameters():
     assert hasattr(make_model(z_injection="memory").decoder, "z_to_memory")
     assert not hasattr(make_model(z_injection="memory").decoder, "z_to_embedding")

@@ -186,3 +186,34 @@ def test_training_encodes_its_corpus_once_for_the_prior_and_the_attributes(train
     again = corpus_attributes(model, corpus, trained.tokenizer, names)
     assert attrs is not None and attrs.labels == again.labels
     assert torch.allclose(attrs.means, again.means, atol=1e-5)
+
+
+def test_code_rows_is_a_seeded_subset_in_corpus_order():
+    from textvae.prior import code_rows
+
+    assert code_rows(5, 0, seed=0) == code_rows(5, 9, seed=0) == [0, 1, 2, 3, 4]
+    rows = code_rows(100, 30, seed=1)
+    assert len(set(rows)) == 30 and rows == sorted(rows) and rows == code_rows(100, 30, seed=1)
+    assert rows != code_rows(100, 30, seed=2)
+
+
+def test_final_codes_encodes_a_subset_for_the_prior_and_the_attributes(tmp_path):
+    """train.final_codes N: the final checkpoint's prior and style vectors come from N training
+    sentences (the trained weights are those of a run that encodes all), and a prior fitted later,
+    when the file is missing, is fitted to the same N codes."""
+    from helpers import tiny_config
+    from textvae.train import train
+
+    run = train(tiny_config(["train.max_steps=3", "train.final_codes=60"]), tmp_path / "cap")
+    loaded = ckpt.load_pretrained(run)
+    stored = ckpt.load_prior(loaded, fit=False)
+    assert stored.info["codes"] == 60
+    attrs = ckpt.load_attributes(loaded.path, loaded.model)
+    assert int(attrs.counts.sum()) == 60 and attrs.info["sentences_encoded"] == 60
+    full = ckpt.load_pretrained(train(tiny_config(["train.max_steps=3"]), tmp_path / "all"))
+    assert ckpt.load_prior(full, fit=False).info["codes"] > 60
+    a, b = loaded.model.state_dict(), full.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (loaded.path / ckpt.PRIOR).unlink()
+    refit = ckpt.load_prior(ckpt.load_pretrained(run))
+    assert refit.info["codes"] == 60 and torch.equal(refit.means, stored.means)

@@ -555,7 +555,7 @@ def load_prior(loaded: Loaded, fit: bool = True) -> Any:
 
     from textvae.data import prepare_split
     from textvae.errors import DataError
-    from textvae.prior import GaussianMixture, fit_to_corpus
+    from textvae.prior import GaussianMixture, code_rows, fit_to_corpus
 
     digest = weights_digest(loaded.model)
     try:
@@ -578,8 +578,10 @@ def load_prior(loaded: Loaded, fit: bool = True) -> Any:
     except DataError as e:
         raise CheckpointError(f"--prior fitted: {loaded.path} has no fitted prior and its training data cannot be "
                               f"read to fit one ({e})") from None
-    log.info("fitting the prior to the codes of %d training sentences", len(corpus))
-    gm = fit_to_corpus(loaded.model, corpus.ids, loaded.tokenizer, seed=loaded.config.train.seed)
+    tc = loaded.config.train
+    ids = [corpus.ids[i] for i in code_rows(len(corpus), tc.final_codes, tc.seed)]  # as training fits it
+    log.info("fitting the prior to the codes of %d training sentences", len(ids))
+    gm = fit_to_corpus(loaded.model, ids, loaded.tokenizer, seed=tc.seed)
     try:
         if loaded.path is not None:
             write_files(loaded.path, prior_files(gm, loaded.model))

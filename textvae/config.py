@@ -92,6 +92,11 @@ class ModelConfig:
     """Size of the token vocabulary; 0 means "take it from the tokenizer"."""
     d_model: int = 256
     """Width of the encoder and the decoder."""
+    embed_dim: int = 0
+    """Width of the shared token embedding of the parts made from scratch; 0 (or d_model) means
+    d_model. Narrower factorises it (Lan et al. 2020): vocab_size x embed_dim rows and one
+    embed_dim x d_model projection, used for the input and, tied, for the output layer, whose
+    cost falls to about embed_dim / d_model of the full table's."""
     n_heads: int = 4
     """Attention heads per layer; must divide d_model."""
     enc_layers: int = 2
@@ -165,6 +170,8 @@ class ModelConfig:
             raise ConfigError(f"model.adversary_weight must be >= 0, got {self.adversary_weight}")
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model ({self.d_model}) must be a positive multiple of model.n_heads ({self.n_heads})")
+        if not 0 <= self.embed_dim <= self.d_model:
+            raise ConfigError(f"model.embed_dim must be between 0 (d_model) and model.d_model ({self.d_model}), got {self.embed_dim}")
         if self.enc_layers < 1 or self.dec_layers < 1:
             raise ConfigError("model.enc_layers and model.dec_layers must be at least 1")
         if self.latent_dim < 0:
@@ -366,6 +373,10 @@ class TrainConfig:
     """Also keep the weights of the best validation so far in <run>/best, a checkpoint like the
     final one (sampling, transfer, evaluation) that cannot be resumed: 'none', 'neg_elbo' (the
     -ELBO at beta 1, the likelihood bound) or 'rec' (the reconstruction NLL). Needs data.valid."""
+    final_codes: int = 0
+    """Training sentences encoded after the last step for what the final checkpoint derives from
+    the codes (the fitted prior and, for a labelled corpus, the style vectors): a random subset of
+    this many, drawn with train.seed; 0 encodes every training sentence."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
@@ -388,7 +399,7 @@ class TrainConfig:
             raise ConfigError("train.max_steps and train.grad_accum must be at least 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError("train.lr must be > 0 and 0 <= train.min_lr <= train.lr")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "final_codes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0")
         if self.log_every < 1:

@@ -63,6 +63,35 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 # ---------------------------------------------------------------------------- the parts' interface
 
 
+class TokenEmbedding(nn.Embedding):
+    """The shared token embedding: the rows that the from-scratch parts read as input, and their
+    tied output layer (logits = h E^T). With ``model.embed_dim`` E < d_model D the table is factorised
+    (Lan et al. 2020, ALBERT): V x E rows and one E x D projection P, so the embedding in use is the
+    rank-E table E P, both ways: input rows x P, logits (h P^T) E^T. The output layer, the largest
+    matrix product of a small model on a CPU, then costs E/D of the full table's (plus P's)."""
+
+    def __init__(self, vocab_size: int, d_model: int, embed_dim: int = 0):
+        factorised = 0 < embed_dim < d_model
+        super().__init__(vocab_size, embed_dim if factorised else d_model)
+        self.proj = nn.Parameter(torch.empty(embed_dim, d_model)) if factorised else None
+
+    def reset_projection(self) -> None:
+        """P ~ N(0, 1/E): the rows of E P start with the spread of E's own rows (std 0.02)."""
+        if self.proj is not None:
+            nn.init.normal_(self.proj, mean=0.0, std=self.embedding_dim ** -0.5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (...) -> embeddings (..., D)."""
+        x = super().forward(ids)
+        return x if self.proj is None else x @ self.proj
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., D) -> logits (..., V) under the tied output layer."""
+        if self.proj is not None:
+            h = h @ self.proj.T  # (..., E)
+        return F.linear(h, self.weight)
+
+
 class Part(nn.Module):
     """What encoders and decoders share: how SentenceVAE builds and initialises them."""
 
@@ -71,7 +100,7 @@ class Part(nn.Module):
     uses_token_embedding = False
 
     @classmethod
-    def build(cls, cfg: ModelConfig, tok_emb: Optional[nn.Embedding], saved: Optional[dict]) -> "Part":
+    def build(cls, cfg: ModelConfig, tok_emb: Optional[TokenEmbedding], saved: Optional[dict]) -> "Part":
         """The part for ``cfg``. ``saved``: the ``transformers`` configs a checkpoint stores for its
         pretrained parts ({'encoder': {...}, 'decoder': {...}}), None when training starts."""
         raise NotImplementedError
@@ -90,7 +119,7 @@ class Part(nn.Module):
         own learning rate, its config saved in checkpoints); None for a part made from scratch."""
         return None
 
-    def _hold_token_embedding(self, tok_emb: nn.Embedding) -> None:
+    def _hold_token_embedding(self, tok_emb: TokenEmbedding) -> None:
         # The shared token embedding belongs to SentenceVAE, which registers it as tok_emb; a part
         # only keeps a reference, stored unregistered. Registered here too, it would be reached
         # twice by ``apply`` (initialised twice, which changes every later random draw) and listed
@@ -204,7 +233,7 @@ class TransformerEncoder(Encoder):
 
     uses_token_embedding = True
 
-    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, tok_emb: TokenEmbedding):
         super().__init__()
         self._hold_token_embedding(tok_emb)
         self.max_len = cfg.max_len
@@ -283,7 +312,7 @@ class TransformerDecoder(Decoder):
 
     uses_token_embedding = True
 
-    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, tok_emb: TokenEmbedding):
         super().__init__()
         self._hold_token_embedding(tok_emb)
         D, L = cfg.d_model, cfg.latent_dim
@@ -343,7 +372,7 @@ class TransformerDecoder(Decoder):
             x, kv = block(x, mask=mask, causal=mask is None and T > 1, prefix=prefix)
             new_cache.append(kv)
         x = self.ln(x[:, -1:] if last_only else x)
-        return F.linear(x, self._tok_emb.weight), new_cache  # tied output embedding
+        return self._tok_emb.logits(x), new_cache  # tied output embedding
 
     def reorder_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
         return [(k[rows], v[rows]) for k, v in cache]
@@ -360,7 +389,7 @@ class GRUDecoder(Decoder):
 
     uses_token_embedding = True
 
-    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, tok_emb: TokenEmbedding):
         super().__init__()
         self._hold_token_embedding(tok_emb)
         D, L, layers = cfg.d_model, cfg.latent_dim, cfg.dec_layers
@@ -413,7 +442,7 @@ class GRUDecoder(Decoder):
             x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
         out, state = self.rnn(x, cache.to(x.dtype))
         h = self.ln(out)  # (B, T, D)
-        return F.linear(h[:, -1:] if last_only else h, self._tok_emb.weight), state  # tied output embedding
+        return self._tok_emb.logits(h[:, -1:] if last_only else h), state  # tied output embedding
 
     def reorder_cache(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return cache[:, rows]  # (layers, B, D)
@@ -551,7 +580,7 @@ class PositionalHead(nn.Module):
     directly instead of through an autoregressive decoder that can guess most tokens from the
     prefix (an auxiliary target in the spirit of Zhao et al. 2017's bag of words, with order)."""
 
-    def __init__(self, cfg: ModelConfig, tok_emb: Optional[nn.Embedding]):
+    def __init__(self, cfg: ModelConfig, tok_emb: Optional[TokenEmbedding]):
         super().__init__()
         D = cfg.d_model
         self.pos = nn.Embedding(cfg.max_len, D)
@@ -568,7 +597,7 @@ class PositionalHead(nn.Module):
         h = self.ln(self.mix(F.gelu(self.z_in(z).unsqueeze(1) + pos)))  # (B, T, D)
         if self._tok_emb is None:
             return self.out(h)
-        return F.linear(h, self._tok_emb.weight)
+        return self._tok_emb.logits(h)
 
 
 class SentenceVAE(nn.Module):
@@ -605,7 +634,7 @@ class SentenceVAE(nn.Module):
         # decoder, a from-scratch encoder still reads the decoder's token ids through tok_emb.
         tok_emb = None
         if any(c is not None and c.uses_token_embedding for c in (encoder_cls, decoder_cls)):
-            self.tok_emb = tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.tok_emb = tok_emb = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.embed_dim)
         self.encoder: Optional[Encoder] = None
         if encoder_cls is not None:
             self.encoder = encoder_cls.build(cfg, tok_emb, pretrained_configs)  # -> states (B, S, H)
@@ -665,6 +694,8 @@ class SentenceVAE(nn.Module):
         first += [m for _, part in self._parts() for m in part.embeddings()]
         for m in first:
             self._init_weights(m)
+            if isinstance(m, TokenEmbedding):
+                m.reset_projection()  # right after its table (draws nothing when not factorised)
             done.add(id(m))
         last = list(self.positional_head.modules()) if hasattr(self, "positional_head") else []
         done |= {id(m) for m in last}  # an optional head draws after everything else

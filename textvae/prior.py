@@ -136,6 +136,15 @@ def fit_mixture(z: torch.Tensor, components: int = COMPONENTS, iterations: int =
     return GaussianMixture(gm.weights.float(), gm.means.float(), gm.variances.float(), gm.info)
 
 
+def code_rows(n: int, limit: int, seed: int) -> list[int]:
+    """Which of n corpus rows to encode for the fitted prior and the style vectors: all of them
+    (``limit`` 0 or >= n), else ``limit`` rows drawn without replacement with ``seed``, in corpus order."""
+    if limit <= 0 or limit >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[:limit].tolist())
+
+
 def fit_to_corpus(model: Any, ids: list[list[int]], tok: Any, components: int = COMPONENTS, seed: int = 0,
                   posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> GaussianMixture:
     """The fitted prior of a model: one z ~ q(z|x) per sentence of a tokenised corpus (token-id

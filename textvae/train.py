@@ -771,7 +771,7 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     (textvae/prior.py) and, for a labelled corpus, the attribute vectors of style transfer
     (textvae/transfer.py). Returns the files and the fitted prior (None for a language model)."""
     from textvae.evaluate import posterior_params
-    from textvae.prior import fit_to_corpus
+    from textvae.prior import code_rows, fit_to_corpus
 
     files: dict[str, bytes] = {}
     words = training_words(run)
@@ -779,13 +779,20 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
         files.update(ckpt.seen_words_files(words))
     if model.is_lm:
         return files, None
-    posterior = posterior_params(model, run.train_set.ids, run.tok, batch_size=256)  # one pass for both
-    prior = fit_to_corpus(model, run.train_set.ids, run.tok, seed=run.cfg.train.seed, posterior=posterior)
+    corpus, tc = run.train_set, run.cfg.train
+    rows = code_rows(len(corpus), tc.final_codes, tc.seed)
+    if len(rows) < len(corpus):
+        log.info("encoding %d of the %d training sentences for the fitted prior", len(rows), len(corpus))
+        corpus = Corpus([corpus.texts[i] for i in rows], [corpus.ids[i] for i in rows],
+                        None if corpus.labels is None else [corpus.labels[i] for i in rows])
+    posterior = posterior_params(model, corpus.ids, run.tok, batch_size=256)  # one pass for both
+    prior = fit_to_corpus(model, corpus.ids, run.tok, seed=tc.seed, posterior=posterior)
     files.update(ckpt.prior_files(prior, model))
-    if run.train_set.labels is not None:
+    if corpus.labels is not None:
         dc = run.cfg.data
-        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=step)
-        attrs = corpus_attributes(model, run.train_set, run.tok, run.label_names, info, mu=posterior[0])
+        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=step,
+                          **({"sentences_encoded": len(rows)} if len(rows) < len(run.train_set) else {}))
+        attrs = corpus_attributes(model, corpus, run.tok, run.label_names, info, mu=posterior[0])
         files.update(ckpt.attribute_files(attrs))
     return files, prior
 
