@@ -782,7 +782,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     corpus, tc = run.train_set, run.cfg.train
     rows = code_rows(len(corpus), tc.final_codes, tc.seed)
     if len(rows) < len(corpus):
-        log.info("encoding %d of the %d training sentences for the fitted prior", len(rows), len(corpus))
+        log.info("encoding %d of the %d training sentences for the fitted prior and the style vectors", len(rows),
+                 len(corpus))
         corpus = Corpus([corpus.texts[i] for i in rows], [corpus.ids[i] for i in rows],
                         None if corpus.labels is None else [corpus.labels[i] for i in rows])
     posterior = posterior_params(model, corpus.ids, run.tok, batch_size=256)  # one pass for both
