@@ -603,12 +603,12 @@ class PositionalHead(nn.Module):
 class SentenceVAE(nn.Module):
     """Sentence VAE. ``forward`` runs encoder and decoder; ``encode``/``decode`` serve generation.
 
-    Parameter names: ``tok_emb`` (the shared token embedding, when a part made from scratch uses
-    it; ``tok_emb.proj`` when model.embed_dim factorises it), ``encoder.*`` (``pos``, ``blocks.N``, ``ln``, or ``hf`` for a pretrained encoder),
-    ``to_posterior``, ``decoder.*`` (``pos``, ``blocks.N``, ``ln``, ``z_to_memory``, ``z_to_embedding``;
-    ``z_to_hidden``, ``rnn``, ``ln`` for the GRU; ``hf`` and the z projections for a pretrained
-    decoder), ``z_to_bow``; a conditional model adds ``label_emb``, ``label_to_posterior`` and
-    ``classifier``.
+    Parameter names: ``tok_emb`` (the shared token embedding, when a part made from scratch uses it;
+    ``tok_emb.proj`` when model.embed_dim factorises it), ``encoder.*`` (``pos``, ``blocks.N``,
+    ``ln``, or ``hf`` for a pretrained encoder), ``to_posterior``, ``decoder.*`` (``pos``,
+    ``blocks.N``, ``ln``, ``z_to_memory``, ``z_to_embedding``; ``z_to_hidden``, ``rnn``, ``ln`` for
+    the GRU; ``hf`` and the z projections for a pretrained decoder), ``z_to_bow``; a conditional
+    model adds ``label_emb``, ``label_to_posterior`` and ``classifier``.
     """
 
     def __init__(self, cfg: ModelConfig, pad_id: int = 0, pretrained_configs: Optional[dict] = None):

@@ -781,7 +781,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
         return files, None
     corpus, tc = run.train_set, run.cfg.train
     rows = code_rows(len(corpus), tc.final_codes, tc.seed)
-    if len(rows) < len(corpus):
+    subset = {"sentences_encoded": len(rows)} if len(rows) < len(corpus) else {}
+    if subset:
         log.info("encoding %d of the %d training sentences for the fitted prior and the style vectors", len(rows),
                  len(corpus))
         corpus = Corpus([corpus.texts[i] for i in rows], [corpus.ids[i] for i in rows],
@@ -791,8 +792,7 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     files.update(ckpt.prior_files(prior, model))
     if corpus.labels is not None:
         dc = run.cfg.data
-        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=step,
-                          **({"sentences_encoded": len(rows)} if len(rows) < len(run.train_set) else {}))
+        info = provenance(dc.train, dc.train_split, dc, dc.label_column, step=step, **subset)
         attrs = corpus_attributes(model, corpus, run.tok, run.label_names, info, mu=posterior[0])
         files.update(ckpt.attribute_files(attrs))
     return files, prior
