@@ -268,6 +268,7 @@ def test_train_into_existing_checkpoint_without_resume(cli_run, run_cli, in_repo
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"),
     (["--temperature", "0"], "--temperature"),
+    (["--z-temperature", "0"], "--z-temperature"),
 ])
 def test_bad_sample_options(cli_run, run_cli, args, needle):
     rc, _, err = run_cli("sample", "--checkpoint", cli_run, *args)

@@ -130,9 +130,9 @@ def test_decode_past_max_len_raises():
         model.encode(tokens(1, 25), torch.ones(1, 25, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "attention"])
 def test_encoder_padding_invariance(pooling):
-    model = make_model(pooling=pooling)
+    model = make_model(pooling=pooling)  # perturbed: attention queries away from zero
     short = [BOS, 7, 8, 9, EOS]
     longer = [BOS, 10, 11, 12, 13, 14, 15, 16, EOS]
     longest = [BOS] + list(range(17, 29)) + [EOS]
@@ -163,6 +163,65 @@ def test_cls_and_mean_pooling_differ():
     m = torch.ones_like(x, dtype=torch.bool)
     with torch.no_grad():
         assert not torch.allclose(mean.encode(x, m)[0], cls.encode(x, m)[0])
+
+
+def test_attention_pooling_starts_as_the_mean_and_learns_to_weight():
+    """model.pooling 'attention': P zero queries give P copies of the masked mean (so the model
+    starts as the mean-pooled one); non-zero queries weight positions differently."""
+    assert not SentenceVAE(small_model_config(pooling="attention")).pool.queries.any()  # built at zero
+    attn = make_model(pooling="attention", pool_queries=3)  # perturbed weights
+    assert attn.pool.queries.shape == (3, attn.cfg.d_model)
+    assert attn.to_posterior.in_features == 3 * attn.cfg.d_model
+    x = tokens(2, 7)
+    m = torch.ones_like(x, dtype=torch.bool)
+    m[1, 5:] = False
+    with torch.no_grad():
+        attn.pool.queries.zero_()
+        states = attn.encoder(x, m)
+        h_mean = (states * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        h_attn = attn.summary(x, m)
+        torch.testing.assert_close(h_attn, h_mean.repeat(1, 3), rtol=1e-5, atol=1e-6)
+        attn.pool.queries.normal_(0, 5.0)
+        h_learned = attn.summary(x, m).view(2, 3, -1)
+    for q in range(3):
+        assert (h_learned[:, q] - h_mean).abs().max() > 1e-3
+    assert (h_learned[:, 0] - h_learned[:, 1]).abs().max() > 1e-3
+
+
+def test_encoder_dropout_is_the_encoders_own():
+    """model.encoder.dropout sets the from-scratch encoder's dropout apart from model.dropout
+    (None: model.dropout for both)."""
+    from textvae.config import EncoderConfig
+
+    both = SentenceVAE(small_model_config(dropout=0.3))
+    apart = SentenceVAE(small_model_config(dropout=0.0, encoder=EncoderConfig(dropout=0.4)))
+    rates = lambda part: {m.p for m in part.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates(both.encoder) == {0.3} and rates(both.decoder) == {0.3}
+    assert rates(apart.encoder) == {0.4} and rates(apart.decoder) == {0.0}
+    x = tokens(4, 9)
+    m = torch.ones_like(x, dtype=torch.bool)
+    apart.train()
+    torch.manual_seed(1)
+    mu_1 = apart.encode(x, m)[0]
+    assert not torch.equal(mu_1, apart.encode(x, m)[0])  # dropout in the encoder, in training
+    z = torch.randn(4, apart.cfg.latent_dim)
+    assert torch.equal(apart.decode(x, z)[0], apart.decode(x, z)[0])  # none in the decoder
+    apart.eval()
+    assert torch.equal(apart.encode(x, m)[0], apart.encode(x, m)[0])
+
+
+def test_encoder_dropout_range_checked():
+    from textvae.config import ConfigError, EncoderConfig
+
+    with pytest.raises(ConfigError, match="model.encoder.dropout"):
+        EncoderConfig(dropout=1.0)
+
+
+def test_attention_pooling_needs_a_query():
+    from textvae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pool_queries"):
+        small_model_config(pooling="attention", pool_queries=0)
 
 
 @pytest.mark.parametrize("decoder", ["transformer", "gru"])

@@ -80,6 +80,18 @@ def test_samples_follow_the_mixture():
     assert abs(float(right.mean()) - 10.0) < 0.1 and abs(float(right.std()) - 2.0) < 0.1
 
 
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_temperature_scales_the_distance_from_the_component_mean(covariance):
+    _, cov = _correlated()
+    variances = cov[None].repeat(2, 1, 1) if covariance == "full" else cov.diagonal()[None].repeat(2, 1)
+    gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-5.0, 0.0, 1.0], [5.0, 2.0, 0.0]]), variances)
+    hot = gm.sample(200, torch.Generator().manual_seed(3))
+    cold = gm.sample(200, torch.Generator().manual_seed(3), temperature=0.25)
+    k = (hot[:, 0] > 0).long()  # which component each draw came from (the same with either temperature)
+    assert torch.equal(k, (cold[:, 0] > 0).long())
+    torch.testing.assert_close(cold - gm.means[k], 0.25 * (hot - gm.means[k]), rtol=1e-4, atol=1e-4)
+
+
 def test_full_covariance_samples_have_the_covariance():
     _, cov = _correlated()
     gm = GaussianMixture(torch.tensor([1.0]), torch.zeros(1, 3), cov[None])

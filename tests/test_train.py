@@ -361,12 +361,13 @@ def test_a_from_scratch_encoder_gets_its_own_learning_rate():
     from textvae.model import SentenceVAE
     from textvae.train import build_optimizer
 
-    cfg = tiny_config(["model.vocab_size=40", "model.encoder.lr=0.012", "train.lr=0.003"])
+    cfg = tiny_config(["model.vocab_size=40", "model.encoder.lr=0.012", "train.lr=0.003", "model.pooling=attention"])
     model = SentenceVAE(cfg.model)
     opt = build_optimizer(model, cfg)
     scale = {id(p): g.get("lr_scale", 1.0) for g in opt.param_groups for p in g["params"]}
+    assert any(name.startswith("pool.") for name, _ in model.named_parameters())
     for name, p in model.named_parameters():
-        expected = 4.0 if name.startswith(("encoder.", "to_posterior.")) else 1.0
+        expected = 4.0 if name.startswith(("encoder.", "pool.", "to_posterior.")) else 1.0
         assert scale[id(p)] == pytest.approx(expected), name
 
 

@@ -275,15 +275,17 @@ class TextVAE:
                             **decode_kwargs)[0]
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-               prior: str = DEFAULT_PRIOR, label: Optional[str] = None, **decode_kwargs: Any) -> list[str]:
+               prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = 1.0,
+               **decode_kwargs: Any) -> list[str]:
         """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), 'fitted' the
         mixture fitted to the training codes (textvae/prior.py), or 'auto' (the default) the fitted
         one when it can be had, else N(0, I). A conditional model writes in the
-        style of ``label`` (None: each sentence's label drawn from the uniform label prior)."""
-        return self.sample_detailed(n, seed, strategy, top_p, prior, label, **decode_kwargs)[0]
+        style of ``label`` (None: each sentence's label drawn from the uniform label prior).
+        ``z_temperature`` below 1 draws the codes nearer the prior's modes (textvae.generate.sample)."""
+        return self.sample_detailed(n, seed, strategy, top_p, prior, label, z_temperature, **decode_kwargs)[0]
 
     def sample_detailed(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None,
+                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = 1.0,
                         **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
         """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample
@@ -298,7 +300,8 @@ class TextVAE:
             words = self.seen_words(words)
         fitted = self.resolved_prior(prior)
         return sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size, prior=fitted,
-                      label=index, strategy=strategy, top_p=top_p, words=words, **decode_kwargs)
+                      label=index, z_temperature=z_temperature, strategy=strategy, top_p=top_p, words=words,
+                      **decode_kwargs)
 
     def resolved_prior(self, mode: str = DEFAULT_PRIOR) -> Any:
         """The prior of ``mode`` (see :func:`textvae.checkpoint.resolve_prior`): the fitted mixture,

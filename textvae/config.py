@@ -42,9 +42,14 @@ class EncoderConfig:
     quarter of the decoder's rate gives the decoder a steadier code to learn to read, and z buys
     more reconstruction per nat; a higher rate (the cheap form of He et al. 2019's remedy for a
     lagging encoder) made it worse."""
+    dropout: Optional[float] = None
+    """'transformer': dropout inside the encoder (its embeddings, attention and MLP outputs); None
+    means model.dropout. Lets the encoder be regularised apart from the decoder."""
 
     def __post_init__(self) -> None:
         _check_part("model.encoder", self.type, ("transformer", "pretrained"), self.name_or_path, self.lr)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.encoder.dropout must be in [0, 1) or null (model.dropout), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,12 @@ class ModelConfig:
     latent_dim: int = 32
     """Dimension of z; 0 builds a plain language model (no encoder, no z): the baseline a VAE must match."""
     pooling: str = "mean"
-    """How the encoder summarises a sentence: 'mean' (masked mean) or 'cls' (the first position:
-    bos for the transformer encoder, [CLS] for a BERT-family pretrained encoder)."""
+    """How the encoder summarises a sentence: 'mean' (masked mean), 'cls' (the first position:
+    bos for the transformer encoder, [CLS] for a BERT-family pretrained encoder) or 'attention'
+    (model.pool_queries learned queries, each a softmax-weighted mean over the positions; the
+    summary is their concatenation, and starts as the masked mean)."""
+    pool_queries: int = 4
+    """Learned queries of 'attention' pooling."""
     z_injection: str = "both"
     """How z reaches the decoder: 'memory' (an extra key/value slot at every layer),
     'embedding' (added to every input embedding) or 'both' (Li et al. 2020, Optimus)."""
@@ -176,7 +185,9 @@ class ModelConfig:
             raise ConfigError("model.enc_layers and model.dec_layers must be at least 1")
         if self.latent_dim < 0:
             raise ConfigError("model.latent_dim must be >= 0 (0: a plain language model)")
-        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        _choice("model.pooling", self.pooling, ("mean", "cls", "attention"))
+        if self.pool_queries < 1:
+            raise ConfigError(f"model.pool_queries must be at least 1, got {self.pool_queries}")
         _choice("model.z_injection", self.z_injection, ("memory", "embedding", "both"))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")

@@ -548,7 +548,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                    n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
                    seed: int = 0, lm_nll: Optional[torch.Tensor] = None, decode_kwargs: Optional[dict] = None,
                    prior: Optional[Any] = None, refine_steps: int = 0,
-                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None) -> dict:
+                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None, z_temperature: float = 1.0) -> dict:
     """Every figure of ``textvae evaluate`` for ``texts``, each with its convention.
 
     Args:
@@ -561,6 +561,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
             A fitted mixture also adds ``fitted_prior``: KL, IW-NLL (and, with ``lm_nll``, the gap
             and the efficiency) of the model with it as its prior (unconditional models).
         refine_steps: reconstruct from posterior means refined at encode time (:func:`refine_posterior`).
+        z_temperature: the prior samples' z temperature (:func:`textvae.generate.sample`).
         lm: the language-model baseline itself (model, tokenizer): the prior samples are scored by
             it (``samples.lm_nll_per_token``: their fluency to a judge that never saw z).
     """
@@ -574,7 +575,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                                       au_threshold, seed, lm_nll, prior))
     report.update(_reconstruction_figures(model, tok, ids, refs, known, decode_kwargs or {}, refine_steps))
     report["samples"] = _sample_figures(model, tok, n_samples, top_p, seed, training_texts, known,
-                                        decode_kwargs or {}, prior, lm)
+                                        decode_kwargs or {}, prior, lm, z_temperature)
     return report
 
 
@@ -658,14 +659,15 @@ def _reconstruction_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[i
 
 def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, seed: int,
                     training_texts: Optional[Sequence[str]], known: Optional[set[str]], decode_kwargs: dict,
-                    prior: Optional[Any], lm: Optional[tuple[SentenceVAE, Tokenizer]] = None) -> dict:
+                    prior: Optional[Any], lm: Optional[tuple[SentenceVAE, Tokenizer]] = None,
+                    z_temperature: float = 1.0) -> dict:
     from textvae.generate import sample
 
-    texts, finished = (sample(model, tok, n, seed=seed, prior=prior, strategy="sample", top_p=top_p, **decode_kwargs)
-                       if n else ([], []))
+    texts, finished = (sample(model, tok, n, seed=seed, prior=prior, strategy="sample", top_p=top_p,
+                              z_temperature=z_temperature, **decode_kwargs) if n else ([], []))
     train_set = set(training_texts) if training_texts is not None else None
     return {
-        "n": n, "strategy": f"top-p {top_p}",
+        "n": n, "strategy": f"top-p {top_p}", "z_temperature": z_temperature,
         "eos_rate": sum(finished) / max(n, 1),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
@@ -693,7 +695,8 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                         iw_samples: int = DEFAULT_IW_SAMPLES, batch_size: int = IW_BATCH_SIZE,
                         mi_batch_size: int = MI_BATCH_SIZE, au_threshold: float = AU_THRESHOLD,
                         samples: int = SAMPLE_COUNT, seed: int = 0, lm: Any = None, words: Any = None,
-                        prior: Any = None, refine_steps: int = 0, long: str = "truncate") -> dict:
+                        prior: Any = None, refine_steps: int = 0, long: str = "truncate",
+                        z_temperature: float = 1.0) -> dict:
     """:func:`evaluate_model` on held-out data cleaned by the checkpoint's own data rules.
 
     Args:
@@ -708,6 +711,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
         refine_steps: reconstruct from posterior means refined at encode time (Kim et al. 2018).
         long: sentences longer than model.max_len: "truncate" them (counted in data.truncated) or "drop"
             them as training does (counted in data.dropped_long; ``limit`` then counts the kept ones).
+        z_temperature: the prior samples' z temperature (:func:`textvae.generate.sample`).
     The config's training file, when it can be read, gives the copy rate of samples and the
     words of the unseen-word rates.
     """
@@ -748,7 +752,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                             mi_batch_size=mi_batch_size, au_threshold=au_threshold, n_samples=samples,
                             training_texts=train_texts, seed=seed, lm_nll=lm_nll, decode_kwargs={"words": words},
                             prior=prior, refine_steps=refine_steps,
-                            lm=(lm.model, lm.tokenizer) if lm is not None else None)
+                            lm=(lm.model, lm.tokenizer) if lm is not None else None, z_temperature=z_temperature)
     report["decoding"] = {"words": "seen in training" if words is not None else "any",
                           "prior": "fitted mixture" if prior is not None else "N(0, I)",
                           "refine_steps": refine_steps}
@@ -789,7 +793,8 @@ def format_report(r: dict) -> str:
         ("reconstruction BLEU", f"{r['recon_bleu']:.2f}", "greedy from the posterior mean, sacreBLEU corpus BLEU"),
         ("reconstruction exact", f"{100 * r['recon_exact']:.1f}%", "greedy reconstructions identical to the input"),
         ("reconstruction unseen words", _pct(r.get("recon_unseen_words")), "words never seen in training"),
-        ("samples distinct-1", f"{s['distinct_1']:.3f}", f"{s['n']} prior samples, {s['strategy']}"),
+        ("samples distinct-1", f"{s['distinct_1']:.3f}", f"{s['n']} prior samples, {s['strategy']}"
+         + (f", z temperature {s['z_temperature']:g}" if s.get("z_temperature", 1.0) != 1.0 else "")),
         ("samples distinct-2", f"{s['distinct_2']:.3f}", "unique word bigrams / all bigrams"),
         ("samples self-BLEU", f"{s['self_bleu']:.2f}", "mean sentence BLEU of each sample vs the others"),
         ("samples mean length", f"{s['mean_words']:.1f}", "words"),

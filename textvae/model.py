@@ -244,6 +244,8 @@ class TransformerEncoder(Encoder):
 
     @classmethod
     def build(cls, cfg, tok_emb, saved):
+        if cfg.encoder.dropout is not None:  # the encoder's own dropout (model.encoder.dropout)
+            cfg = replace(cfg, dropout=cfg.encoder.dropout)
         return cls(cfg, tok_emb)
 
     @property
@@ -303,6 +305,23 @@ class PretrainedEncoder(Encoder):
 
 
 # ---------------------------------------------------------------------------- decoders
+
+
+class AttentionPool(nn.Module):
+    """Sentence summary by P learned queries over the encoder's states (model.pooling 'attention'):
+    each query scores the positions (x . q / sqrt(D), padding excluded), and its summary is the
+    softmax-weighted mean of the states. The queries start at zero, so every summary starts as the
+    masked mean; they can learn to weight positions and words differently. (B, S, D) -> (B, P * D)."""
+
+    def __init__(self, d_model: int, queries: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(queries, d_model))  # (P, D)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("bsd,pd->bps", x, self.queries.to(x.dtype)) / math.sqrt(x.shape[-1])
+        scores = scores.masked_fill(~mask.bool().unsqueeze(1), float("-inf"))  # (B, P, S)
+        pooled = torch.einsum("bps,bsd->bpd", scores.softmax(-1), x)  # (B, P, D)
+        return pooled.flatten(1)
 
 
 class TransformerDecoder(Decoder):
@@ -638,7 +657,11 @@ class SentenceVAE(nn.Module):
         self.encoder: Optional[Encoder] = None
         if encoder_cls is not None:
             self.encoder = encoder_cls.build(cfg, tok_emb, pretrained_configs)  # -> states (B, S, H)
-            self.to_posterior = nn.Linear(self.encoder.out_dim, 2 * L)  # -> (mu, logvar)
+            summary_dim = self.encoder.out_dim
+            if cfg.pooling == "attention":
+                self.pool = AttentionPool(summary_dim, cfg.pool_queries)
+                summary_dim *= cfg.pool_queries
+            self.to_posterior = nn.Linear(summary_dim, 2 * L)  # -> (mu, logvar)
         self.conditional = cfg.conditional == "label"
         if self.conditional and cfg.num_labels < 2:
             raise ValueError("ModelConfig.num_labels must be set for a conditional model (take it from the data)")
@@ -653,7 +676,7 @@ class SentenceVAE(nn.Module):
             K, E = cfg.num_labels, cfg.label_dim
             self.label_emb = nn.Embedding(K, E)
             self.label_to_posterior = nn.Linear(E, 2 * L, bias=False)
-            self.classifier = nn.Sequential(nn.Linear(self.encoder.out_dim, cfg.d_model), nn.GELU(),
+            self.classifier = nn.Sequential(nn.Linear(summary_dim, cfg.d_model), nn.GELU(),
                                             nn.Linear(cfg.d_model, K))
             if cfg.adversary_weight > 0:
                 # John et al. 2019: an adversary reads the label from z through a gradient-reversal
@@ -784,6 +807,8 @@ class SentenceVAE(nn.Module):
         x = self.encoder(enc_ids, enc_mask)  # (B, S, H)
         if self.cfg.pooling == "cls":
             return x[:, 0]  # the bos position (or a pretrained encoder's [CLS]) acts as CLS
+        if self.cfg.pooling == "attention":
+            return self.pool(x, enc_mask)  # (B, P * H)
         m = enc_mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean (B, H)
 

@@ -73,10 +73,12 @@ class GaussianMixture:
             logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return w.log()[None] - 0.5 * (quad + logdet[None] + z.shape[1] * math.log(2 * math.pi))
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(n, L) codes: a component drawn by weight, then a point from it."""
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> torch.Tensor:
+        """(n, L) codes: a component drawn by weight, then a point from it. ``temperature`` scales
+        the point's distance from its component's mean (below 1: nearer the modes; see
+        :func:`textvae.generate.sample`)."""
         k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator)
+        eps = torch.randn(n, self.means.shape[1], generator=generator) * temperature
         if self.covariance == "diag":
             return self.means[k].float() + self.variances[k].float().sqrt() * eps
         chol = self._cholesky[k]  # (n, L, L)

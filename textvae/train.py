@@ -96,7 +96,7 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
 
     Pretrained weights get their own groups when model.encoder.lr / model.decoder.lr differ from
     train.lr: a group's ``lr_scale`` multiplies the scheduled learning rate. Frozen weights are left out.
-    A from-scratch encoder with model.encoder.lr set gets it too, with the posterior head. He et al.
+    A from-scratch encoder with model.encoder.lr set gets it too, with its pooling and the posterior head. He et al.
     2019 speed a lagging encoder up; on the bundled corpus the opposite measured better (a slower
     encoder moves the codes less while the decoder learns to read them; docs/quality.md).
     """
@@ -104,7 +104,7 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
     scales = {prefix: part_lr[part] / cfg.train.lr if part_lr[part] else 1.0
               for part, prefix in model.pretrained_prefixes().items()}
     if cfg.model.encoder.lr and "encoder" not in model.pretrained_prefixes() and not model.is_lm:
-        scales.update(dict.fromkeys(("encoder.", "to_posterior."), cfg.model.encoder.lr / cfg.train.lr))
+        scales.update(dict.fromkeys(("encoder.", "pool.", "to_posterior."), cfg.model.encoder.lr / cfg.train.lr))
     groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
