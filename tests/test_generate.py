@@ -301,8 +301,9 @@ def test_a_sample_does_not_depend_on_its_batch(trained):
 
 
 def test_z_temperature_scales_the_prior_noise(trained, monkeypatch):
-    """sample's z_temperature: N(0, I) codes are tau * the codes of temperature 1 (same seeds), a
-    mixture's are tau times as far from their component's mean; 0 or less is an option error."""
+    """sample's z_temperature (default DEFAULT_Z_TEMPERATURE): N(0, I) codes are tau * the codes of
+    temperature 1 (same seeds), a mixture's are tau times as far from their component's mean; 0 or
+    less is an option error."""
     from textvae.errors import OptionError
     from textvae.prior import GaussianMixture
 
@@ -310,14 +311,16 @@ def test_z_temperature_scales_the_prior_noise(trained, monkeypatch):
     seen = []
     real = generate.decode_texts
     monkeypatch.setattr(generate, "decode_texts", lambda m, t, z, *a, **k: (seen.append(z.clone()), real(m, t, z, *a, **k))[1])
-    generate.sample(model, tok, 6, seed=2, strategy="greedy")
+    generate.sample(model, tok, 6, seed=2, strategy="greedy", z_temperature=1.0)
     generate.sample(model, tok, 6, seed=2, strategy="greedy", z_temperature=0.5)
+    generate.sample(model, tok, 6, seed=2, strategy="greedy")  # the default temperature
     torch.testing.assert_close(seen[1], 0.5 * seen[0])
+    torch.testing.assert_close(seen[2], generate.DEFAULT_Z_TEMPERATURE * seen[0])
     L = model.cfg.latent_dim
     gm = GaussianMixture(torch.tensor([1.0]), torch.full((1, L), 3.0), torch.ones(1, L))
-    generate.sample(model, tok, 6, seed=2, strategy="greedy", prior=gm)
+    generate.sample(model, tok, 6, seed=2, strategy="greedy", prior=gm, z_temperature=1.0)
     generate.sample(model, tok, 6, seed=2, strategy="greedy", prior=gm, z_temperature=0.5)
-    torch.testing.assert_close(seen[3] - 3.0, 0.5 * (seen[2] - 3.0))
+    torch.testing.assert_close(seen[4] - 3.0, 0.5 * (seen[3] - 3.0))
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(OptionError, match="z temperature"):
             generate.sample(model, tok, 2, z_temperature=bad)

@@ -31,7 +31,7 @@ from textvae.config import Config
 from textvae.data import check_sentences
 from textvae.errors import CheckpointError, InputError
 from textvae.evaluate import SCORE_IW_SAMPLES, code_nll, posterior_params, prepare_ids, refine_posterior, words_of
-from textvae.generate import RowSeeds, decode_texts
+from textvae.generate import DEFAULT_Z_TEMPERATURE, RowSeeds, decode_texts
 from textvae.model import SentenceVAE
 from textvae.prior import DEFAULT_PRIOR, PRIORS
 from textvae.tokenizer import Tokenizer
@@ -275,17 +275,18 @@ class TextVAE:
                             **decode_kwargs)[0]
 
     def sample(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-               prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = 1.0,
+               prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE,
                **decode_kwargs: Any) -> list[str]:
         """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), 'fitted' the
         mixture fitted to the training codes (textvae/prior.py), or 'auto' (the default) the fitted
         one when it can be had, else N(0, I). A conditional model writes in the
         style of ``label`` (None: each sentence's label drawn from the uniform label prior).
-        ``z_temperature`` below 1 draws the codes nearer the prior's modes (textvae.generate.sample)."""
+        ``z_temperature`` scales the prior's noise (default 0.8: nearer its modes; 1: the prior
+        itself; textvae.generate.sample)."""
         return self.sample_detailed(n, seed, strategy, top_p, prior, label, z_temperature, **decode_kwargs)[0]
 
     def sample_detailed(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = 1.0,
+                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE,
                         **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
         """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample

@@ -457,16 +457,17 @@ def _add_refine(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prior(p: argparse.ArgumentParser) -> None:
-    from textvae.generate import MAX_Z_TEMPERATURE
+    from textvae.generate import DEFAULT_Z_TEMPERATURE, MAX_Z_TEMPERATURE
     from textvae.prior import DEFAULT_PRIOR, PRIORS
 
     p.add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
                    help="normal: z ~ N(0, I); fitted: z from the Gaussian mixture fitted to the training codes "
                         "(fitted and stored in the checkpoint when missing); auto: fitted when the checkpoint "
                         f"stores it or its training data can be read, else normal (default: {DEFAULT_PRIOR})")
-    p.add_argument("--z-temperature", type=_float(1e-3, MAX_Z_TEMPERATURE), default=1.0,
+    p.add_argument("--z-temperature", type=_float(1e-3, MAX_Z_TEMPERATURE), default=DEFAULT_Z_TEMPERATURE,
                    help="scale the prior's noise: below 1 draws codes nearer its modes, for samples that read "
-                        "better and vary less (Kingma & Dhariwal 2018; default 1: the prior itself)")
+                        f"better and vary less (Kingma & Dhariwal 2018; default {DEFAULT_Z_TEMPERATURE:g}; "
+                        "1: the prior itself)")
 
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from textvae.data import BucketBatcher, Corpus, collate
 from textvae.errors import DataError, InputError, TextVAEError
+from textvae.generate import DEFAULT_Z_TEMPERATURE
 from textvae.losses import gaussian_kl, reconstruction_nll
 from textvae.model import SentenceVAE
 from textvae.tokenizer import Tokenizer
@@ -548,7 +549,7 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                    n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
                    seed: int = 0, lm_nll: Optional[torch.Tensor] = None, decode_kwargs: Optional[dict] = None,
                    prior: Optional[Any] = None, refine_steps: int = 0,
-                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None, z_temperature: float = 1.0) -> dict:
+                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE) -> dict:
     """Every figure of ``textvae evaluate`` for ``texts``, each with its convention.
 
     Args:
@@ -660,7 +661,7 @@ def _reconstruction_figures(model: SentenceVAE, tok: Tokenizer, ids: list[list[i
 def _sample_figures(model: SentenceVAE, tok: Tokenizer, n: int, top_p: float, seed: int,
                     training_texts: Optional[Sequence[str]], known: Optional[set[str]], decode_kwargs: dict,
                     prior: Optional[Any], lm: Optional[tuple[SentenceVAE, Tokenizer]] = None,
-                    z_temperature: float = 1.0) -> dict:
+                    z_temperature: float = DEFAULT_Z_TEMPERATURE) -> dict:
     from textvae.generate import sample
 
     texts, finished = (sample(model, tok, n, seed=seed, prior=prior, strategy="sample", top_p=top_p,
@@ -696,7 +697,7 @@ def evaluate_checkpoint(loaded: Any, data: Optional[str] = None, split: str = "t
                         mi_batch_size: int = MI_BATCH_SIZE, au_threshold: float = AU_THRESHOLD,
                         samples: int = SAMPLE_COUNT, seed: int = 0, lm: Any = None, words: Any = None,
                         prior: Any = None, refine_steps: int = 0, long: str = "truncate",
-                        z_temperature: float = 1.0) -> dict:
+                        z_temperature: float = DEFAULT_Z_TEMPERATURE) -> dict:
     """:func:`evaluate_model` on held-out data cleaned by the checkpoint's own data rules.
 
     Args:
@@ -794,7 +795,7 @@ def format_report(r: dict) -> str:
         ("reconstruction exact", f"{100 * r['recon_exact']:.1f}%", "greedy reconstructions identical to the input"),
         ("reconstruction unseen words", _pct(r.get("recon_unseen_words")), "words never seen in training"),
         ("samples distinct-1", f"{s['distinct_1']:.3f}", f"{s['n']} prior samples, {s['strategy']}"
-         + (f", z temperature {s['z_temperature']:g}" if s.get("z_temperature", 1.0) != 1.0 else "")),
+         + (f", z temperature {s['z_temperature']:g}" if "z_temperature" in s else "")),
         ("samples distinct-2", f"{s['distinct_2']:.3f}", "unique word bigrams / all bigrams"),
         ("samples self-BLEU", f"{s['self_bleu']:.2f}", "mean sentence BLEU of each sample vs the others"),
         ("samples mean length", f"{s['mean_words']:.1f}", "words"),

@@ -439,12 +439,18 @@ class RowSeeds:
         return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
 
+DEFAULT_Z_TEMPERATURE = 0.8
+"""The z temperature of prior samples (the prior's noise scaled by it; Kingma & Dhariwal 2018 sample
+Glow at 0.7, Vahdat & Kautz 2020 NVAE at 0.6-0.9): as top-p 0.9 trims the decoder's tail, 0.8 keeps
+codes away from the prior's tail, where the decoder saw few training codes. On the bundled corpus
+the default's samples read about 0.24 nats per token better to the LM judge at the same variety
+(distinct-2 0.84 against 0.86; docs/quality.md). 1 samples the prior itself."""
 MAX_Z_TEMPERATURE = 10.0  # the largest z temperature sample accepts
 
 
 @torch.no_grad()
 def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batch_size: int = 256,
-           prior: Optional[Any] = None, label: Optional[int] = None, z_temperature: float = 1.0,
+           prior: Optional[Any] = None, label: Optional[int] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE,
            **decode_kwargs) -> tuple[list[str], list[bool]]:
     """Draw n codes from the prior and decode them. Returns (texts, finished flags).
 
@@ -454,8 +460,9 @@ def sample(model: SentenceVAE, tokenizer: Tokenizer, n: int, seed: int = 0, batc
     ``label``: the label index a conditional model decodes with; None draws each sentence's label
     from the uniform label prior p(y) (after its z, from its own stream).
     ``z_temperature``: the prior's noise is scaled by it (the temperature of Kingma & Dhariwal 2018,
-    Glow): below 1 the codes come from nearer the prior's modes, where the decoder saw more training
-    codes, for samples that read better and vary less; 1 samples the prior itself.
+    Glow; :data:`DEFAULT_Z_TEMPERATURE`): below 1 the codes come from nearer the prior's modes, where
+    the decoder saw more training codes, for samples that read better and vary less; 1 samples the
+    prior itself.
     """
     if not (isinstance(z_temperature, (int, float)) and 0 < z_temperature <= MAX_Z_TEMPERATURE):
         raise OptionError(f"the z temperature must be in (0, {MAX_Z_TEMPERATURE:g}], got {z_temperature!r}")
