@@ -217,6 +217,16 @@ def test_encoder_dropout_range_checked():
         EncoderConfig(dropout=1.0)
 
 
+def test_attention_pooling_feeds_the_classifier_of_a_conditional_model():
+    model = make_model(pooling="attention", pool_queries=2, conditional="label", num_labels=2, label_dim=4)
+    assert model.classifier[0].in_features == 2 * model.cfg.d_model
+    x = tokens(3, 7)
+    m = torch.ones_like(x, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, m, x, labels=torch.tensor([0, -1, 1]))
+        assert out.logits.shape == (4, 7, 40) and model.classify(x, m).shape == (3, 2)
+
+
 def test_attention_pooling_needs_a_query():
     from textvae.config import ConfigError
 
