@@ -280,9 +280,9 @@ def test_sampling_is_reproducible(trained):
     g1 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20)
     g2 = generate.sample(model, tok, 5, seed=2, strategy="greedy", max_len=20, batch_size=2)
     assert len(g2[0]) == 5
-    # sentence i's code is drawn from its own stream, seeded seed + i
+    # sentence i's code is drawn from its own stream, seeded seed + i (scaled by the z temperature)
     z = torch.stack([torch.randn(model.cfg.latent_dim, generator=torch.Generator().manual_seed(2 + i))
-                     for i in range(5)])
+                     for i in range(5)]) * generate.DEFAULT_Z_TEMPERATURE
     direct = generate.decode(model, z, tok.bos_id, tok.eos_id, "greedy", max_len=20)
     assert g1[0] == [tok.decode(ids) for ids in direct.ids]
 
