@@ -45,12 +45,29 @@ def main() -> int:
     p.add_argument("--json", help="also write the figures as JSON")
     args = p.parse_args()
 
+    from textvae.errors import TextVAEError
+
+    try:
+        temperatures = [float(x) for x in args.temperatures.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--temperatures: expected comma-separated numbers, got {args.temperatures!r}")
+    if not temperatures or any(not 0 < t <= 10 for t in temperatures) or args.n < 1:
+        p.error("--temperatures must be numbers in (0, 10] and -n at least 1")
+    try:
+        rows = run(args, temperatures)
+    except TextVAEError as e:
+        print(f"benchmark_samples: error: {e}", file=sys.stderr)
+        return 2
+    write(args, rows)
+    return 0
+
+
+def run(args: argparse.Namespace, temperatures: list[float]) -> list[dict]:
     from textvae import TextVAE
     from textvae import checkpoint as ckpt
     from textvae.data import load_texts
     from textvae.evaluate import distinct_n, lm_nll_per_token, self_bleu, unseen_word_rate, vocabulary
 
-    temperatures = [float(x) for x in args.temperatures.split(",") if x.strip()]
     lm = ckpt.load_pretrained(args.lm)
     judge = (lm.model, lm.tokenizer)
     rows, train_cache = [], {}
@@ -68,30 +85,35 @@ def main() -> int:
         for tau in temperatures:
             t0 = time.time()
             texts, finished = vae.sample_detailed(args.n, seed=args.seed, prior=args.prior, z_temperature=tau)
+            n = len(texts)
             rows.append({
-                "checkpoint": path, "z_temperature": tau, "n": args.n, "prior": args.prior,
+                "checkpoint": path, "z_temperature": tau, "n": n, "prior": args.prior,
                 "lm_nll_per_token": lm_nll_per_token(judge, texts), "real_lm_nll_per_token": real_nll,
-                "distinct_2": distinct_n(texts, 2), "self_bleu": self_bleu(texts),
-                "eos_rate": sum(finished) / len(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts),
-                "copied_rate": sum(t in train_set for t in texts) / len(texts),
+                "distinct_2": distinct_n(texts, 2), "self_bleu": self_bleu(texts), "eos_rate": sum(finished) / n,
+                "mean_words": sum(len(t.split()) for t in texts) / n,
+                "copied_rate": sum(t in train_set for t in texts) / n,
                 "unseen_words": unseen_word_rate(texts, known), "seconds": time.time() - t0, "examples": texts[:5],
             })
-            print(f"{path} z temperature {tau:g}: fluency {rows[-1]['lm_nll_per_token']:.3f} "
-                  f"(real {real_nll if real_nll is None else round(real_nll, 3)}), distinct-2 {rows[-1]['distinct_2']:.3f}",
-                  file=sys.stderr)
+            real = "-" if real_nll is None else f"{real_nll:.3f}"
+            print(f"{path} z temperature {tau:g}: fluency {rows[-1]['lm_nll_per_token']:.3f} (real {real}), "
+                  f"distinct-2 {rows[-1]['distinct_2']:.3f}", file=sys.stderr)
+    return rows
 
+
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
     command = "python scripts/benchmark_samples.py " + " ".join(sys.argv[1:])
+    lengths = f"of at most {args.max_words} words" if args.max_words else "of any length"
     lines = [f"Reproduce with `{command}`. {args.n} prior samples per row (prior {args.prior}, seen words, top-p 0.9, "
              f"seed {args.seed}); fluency: NLL per token (eos counted) under `{args.lm}`, which never saw z; "
-             f"real: the same for the first {args.n * 5} {args.split} sentences of at most {args.max_words} words "
-             "(0: any length).", "",
-             "| checkpoint | z temperature | fluency (real) | distinct-2 | self-BLEU | eos | mean words | copied | unseen words |",
+             f"real: the same for the first {args.n * 5} {args.split} sentences {lengths}.", "",
+             "| checkpoint | z temperature | fluency (real) | distinct-2 | self-BLEU | eos | mean words | copied "
+             "| unseen words |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         real = f" ({r['real_lm_nll_per_token']:.2f})" if r["real_lm_nll_per_token"] is not None else ""
         lines.append(f"| {r['checkpoint']} | {r['z_temperature']:g} | {r['lm_nll_per_token']:.2f}{real} | "
-                     f"{r['distinct_2']:.2f} | {r['self_bleu']:.1f} | {100 * r['eos_rate']:.1f}% | {r['mean_words']:.1f} | "
-                     f"{100 * r['copied_rate']:.1f}% | {100 * r['unseen_words']:.1f}% |")
+                     f"{r['distinct_2']:.2f} | {r['self_bleu']:.1f} | {100 * r['eos_rate']:.1f}% | "
+                     f"{r['mean_words']:.1f} | {100 * r['copied_rate']:.1f}% | {100 * r['unseen_words']:.1f}% |")
     for r in rows:
         lines += ["", f"{r['checkpoint']}, z temperature {r['z_temperature']:g}:", ""]
         lines += [f"{i}. {t}" for i, t in enumerate(r["examples"], 1)]
@@ -102,7 +124,6 @@ def main() -> int:
         print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

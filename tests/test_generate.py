@@ -310,7 +310,11 @@ def test_z_temperature_scales_the_prior_noise(trained, monkeypatch):
     model, tok = trained.model, trained.tokenizer
     seen = []
     real = generate.decode_texts
-    monkeypatch.setattr(generate, "decode_texts", lambda m, t, z, *a, **k: (seen.append(z.clone()), real(m, t, z, *a, **k))[1])
+    def recording(m, t, z, *args, **kwargs):
+        seen.append(z.clone())
+        return real(m, t, z, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "decode_texts", recording)
     generate.sample(model, tok, 6, seed=2, strategy="greedy", z_temperature=1.0)
     generate.sample(model, tok, 6, seed=2, strategy="greedy", z_temperature=0.5)
     generate.sample(model, tok, 6, seed=2, strategy="greedy")  # the default temperature

@@ -286,8 +286,8 @@ class TextVAE:
         return self.sample_detailed(n, seed, strategy, top_p, prior, label, z_temperature, **decode_kwargs)[0]
 
     def sample_detailed(self, n: int, seed: int = 0, strategy: str = "sample", top_p: float = 0.9,
-                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE,
-                        **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
+                        prior: str = DEFAULT_PRIOR, label: Optional[str] = None,
+                        z_temperature: float = DEFAULT_Z_TEMPERATURE, **decode_kwargs: Any) -> tuple[list[str], list[bool]]:
         """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample
 

@@ -549,7 +549,8 @@ def evaluate_model(model: SentenceVAE, tok: Tokenizer, texts: Sequence[str], *, 
                    n_samples: int = 200, top_p: float = 0.9, training_texts: Optional[Sequence[str]] = None,
                    seed: int = 0, lm_nll: Optional[torch.Tensor] = None, decode_kwargs: Optional[dict] = None,
                    prior: Optional[Any] = None, refine_steps: int = 0,
-                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None, z_temperature: float = DEFAULT_Z_TEMPERATURE) -> dict:
+                   lm: Optional[tuple[SentenceVAE, Tokenizer]] = None,
+                   z_temperature: float = DEFAULT_Z_TEMPERATURE) -> dict:
     """Every figure of ``textvae evaluate`` for ``texts``, each with its convention.
 
     Args:

@@ -443,7 +443,7 @@ DEFAULT_Z_TEMPERATURE = 0.8
 """The z temperature of prior samples (the prior's noise scaled by it; Kingma & Dhariwal 2018 sample
 Glow at 0.7, Vahdat & Kautz 2020 NVAE at 0.6-0.9): as top-p 0.9 trims the decoder's tail, 0.8 keeps
 codes away from the prior's tail, where the decoder saw few training codes. On the bundled corpus
-the default's samples read about 0.24 nats per token better to the LM judge at the same variety
+the default's samples read 0.17-0.24 nats per token better to the LM judge at about the same variety
 (distinct-2 0.84 against 0.86; docs/quality.md). 1 samples the prior itself."""
 MAX_Z_TEMPERATURE = 10.0  # the largest z temperature sample accepts
 

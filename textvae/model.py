@@ -304,9 +304,6 @@ class PretrainedEncoder(Encoder):
             return self.hf(input_ids=enc_ids, attention_mask=enc_mask.long()).last_hidden_state
 
 
-# ---------------------------------------------------------------------------- decoders
-
-
 class AttentionPool(nn.Module):
     """Sentence summary by P learned queries over the encoder's states (model.pooling 'attention'):
     each query scores the positions (x . q / sqrt(D), padding excluded), and its summary is the
@@ -322,6 +319,10 @@ class AttentionPool(nn.Module):
         scores = scores.masked_fill(~mask.bool().unsqueeze(1), float("-inf"))  # (B, P, S)
         pooled = torch.einsum("bps,bsd->bpd", scores.softmax(-1), x)  # (B, P, D)
         return pooled.flatten(1)
+
+
+
+# ---------------------------------------------------------------------------- decoders
 
 
 class TransformerDecoder(Decoder):
@@ -626,7 +627,8 @@ class SentenceVAE(nn.Module):
     ``tok_emb.proj`` when model.embed_dim factorises it), ``encoder.*`` (``pos``, ``blocks.N``,
     ``ln``, or ``hf`` for a pretrained encoder), ``to_posterior``, ``decoder.*`` (``pos``,
     ``blocks.N``, ``ln``, ``z_to_memory``, ``z_to_embedding``; ``z_to_hidden``, ``rnn``, ``ln`` for
-    the GRU; ``hf`` and the z projections for a pretrained decoder), ``z_to_bow``; a conditional
+    the GRU; ``hf`` and the z projections for a pretrained decoder), ``pool`` (attention pooling),
+    ``z_to_bow``; a conditional
     model adds ``label_emb``, ``label_to_posterior`` and ``classifier``.
     """
 

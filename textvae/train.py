@@ -96,9 +96,9 @@ def build_optimizer(model: SentenceVAE, cfg: Config) -> torch.optim.AdamW:
 
     Pretrained weights get their own groups when model.encoder.lr / model.decoder.lr differ from
     train.lr: a group's ``lr_scale`` multiplies the scheduled learning rate. Frozen weights are left out.
-    A from-scratch encoder with model.encoder.lr set gets it too, with its pooling and the posterior head. He et al.
-    2019 speed a lagging encoder up; on the bundled corpus the opposite measured better (a slower
-    encoder moves the codes less while the decoder learns to read them; docs/quality.md).
+    A from-scratch encoder with model.encoder.lr set gets it too, with its pooling and the posterior
+    head. He et al. 2019 speed a lagging encoder up; on the bundled corpus the opposite measured
+    better (a slower encoder moves the codes less while the decoder learns to read them; docs/quality.md).
     """
     part_lr = {"encoder": cfg.model.encoder.lr, "decoder": cfg.model.decoder.lr}
     scales = {prefix: part_lr[part] / cfg.train.lr if part_lr[part] else 1.0
