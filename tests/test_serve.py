@@ -75,10 +75,15 @@ def test_info_lists_labels_and_limits(server, trained):
     assert info["max_chars"] == MAX_CHARS
 
 
-def test_sample_is_seeded(server):
+def test_sample_is_seeded(server, trained_run):
+    from textvae.api import TextVAE
+    from textvae.generate import DEFAULT_Z_TEMPERATURE
+
     code, one = request(server, "POST", "/api/sample", {"n": 3, "seed": 4})
-    assert code == 200 and len(one["sentences"]) == 3
+    assert code == 200 and len(one["sentences"]) == 3 and one["z_temperature"] == DEFAULT_Z_TEMPERATURE
     assert request(server, "POST", "/api/sample", {"n": 3, "seed": 4})[1]["sentences"] == one["sentences"]
+    code, hot = request(server, "POST", "/api/sample", {"n": 3, "seed": 4, "z_temperature": 1.0})
+    assert code == 200 and hot["sentences"] == TextVAE.from_pretrained(trained_run).sample(3, seed=4, z_temperature=1.0)
 
 
 def test_interpolate_matches_the_api(server, trained_run):
@@ -133,6 +138,7 @@ def test_transfer_passes_its_copy_bias(server, trained_run):
     ("/api/transfer", {"text": "", "source": "kjv", "target": "web"}, ("'text' is empty",)),
     ("/api/sample", {"n": 0}, ("'n' must be between 1",)),
     ("/api/sample", {"n": True}, ("'n' must be an integer",)),
+    ("/api/sample", {"n": 2, "z_temperature": 0}, ("'z_temperature' must be between",)),
 ])
 def test_bad_input_is_a_400_with_one_line(server, path, body, needles):
     assert_error(request(server, "POST", path, body), 400, *needles)

@@ -7,7 +7,8 @@ endpoint:
 
     GET  /                  the page
     GET  /api/info          checkpoint, latent size, labels, input limits
-    POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0[, "label": "web"]} -> {"sentences": [...]}
+    POST /api/sample        {"n": 5, "seed": 0, "temperature": 1.0, "z_temperature": 0.8[, "label": "web"]}
+                            -> {"sentences": [...]}
     POST /api/interpolate   {"a": "...", "b": "...", "steps": 9, "method": "slerp"}
                                                                              -> {"path": [{"t", "text"}...]}
     POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff",
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from textvae.errors import InputError, TextVAEError
+from textvae.generate import DEFAULT_Z_TEMPERATURE
 
 log = logging.getLogger("textvae")
 
@@ -105,6 +107,7 @@ class Demo:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
         seed = _int(body, "seed", 0, 0, 2**31 - 1)
         temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
+        z_temperature = _number(body, "z_temperature", DEFAULT_Z_TEMPERATURE, 0.05, 5.0)
         label = None
         if body.get("label") is not None:  # a label-conditional model writes in this label's style
             if not getattr(self.vae, "conditional", False):
@@ -112,8 +115,8 @@ class Demo:
             label = _choice(body, "label", None, self.vae.label_names, what="label")
         with self.lock:
             extra = {"label": label} if label is not None else {}
-            texts = self.vae.sample(n, seed=seed, temperature=temperature, **extra)
-        return {"sentences": texts, "seed": seed, "label": label}
+            texts = self.vae.sample(n, seed=seed, temperature=temperature, z_temperature=z_temperature, **extra)
+        return {"sentences": texts, "seed": seed, "label": label, "z_temperature": z_temperature}
 
     def interpolate(self, body: dict[str, Any]) -> dict[str, Any]:
         a, b = _sentence(body, "a"), _sentence(body, "b")
