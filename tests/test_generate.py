@@ -310,6 +310,7 @@ def test_z_temperature_scales_the_prior_noise(trained, monkeypatch):
     model, tok = trained.model, trained.tokenizer
     seen = []
     real = generate.decode_texts
+
     def recording(m, t, z, *args, **kwargs):
         seen.append(z.clone())
         return real(m, t, z, *args, **kwargs)
