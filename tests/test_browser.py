@@ -44,7 +44,7 @@ class CrossfadeVAE:
     class attributes:  # noqa: N801 - mimics checkpoint.Attributes
         labels = ["kjv", "web"]
 
-    def sample(self, n, seed=0, temperature=1.0):
+    def sample(self, n, seed=0, temperature=1.0, z_temperature=0.8):
         return [f"sample {i} of seed {seed}" for i in range(n)]
 
     def interpolate(self, a, b, steps=5, method="lerp"):
