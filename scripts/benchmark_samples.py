@@ -46,13 +46,14 @@ def main() -> int:
     args = p.parse_args()
 
     from textvae.errors import TextVAEError
+    from textvae.generate import MAX_Z_TEMPERATURE
 
     try:
         temperatures = [float(x) for x in args.temperatures.split(",") if x.strip()]
     except ValueError:
         p.error(f"--temperatures: expected comma-separated numbers, got {args.temperatures!r}")
-    if not temperatures or any(not 0 < t <= 10 for t in temperatures) or args.n < 1:
-        p.error("--temperatures must be numbers in (0, 10] and -n at least 1")
+    if not temperatures or any(not 0 < t <= MAX_Z_TEMPERATURE for t in temperatures) or args.n < 1:
+        p.error(f"--temperatures must be numbers in (0, {MAX_Z_TEMPERATURE:g}] and -n at least 1")
     try:
         rows = run(args, temperatures)
     except TextVAEError as e:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from textvae.errors import InputError, TextVAEError
-from textvae.generate import DEFAULT_Z_TEMPERATURE
+from textvae.generate import DEFAULT_Z_TEMPERATURE, MAX_Z_TEMPERATURE
 
 log = logging.getLogger("textvae")
 
@@ -107,7 +107,7 @@ class Demo:
         n = _int(body, "n", 5, 1, MAX_SAMPLES)
         seed = _int(body, "seed", 0, 0, 2**31 - 1)
         temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
-        z_temperature = _number(body, "z_temperature", DEFAULT_Z_TEMPERATURE, 0.05, 5.0)
+        z_temperature = _number(body, "z_temperature", DEFAULT_Z_TEMPERATURE, 0.05, MAX_Z_TEMPERATURE)
         label = None
         if body.get("label") is not None:  # a label-conditional model writes in this label's style
             if not getattr(self.vae, "conditional", False):
