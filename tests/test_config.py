@@ -173,6 +173,8 @@ def test_apply_overrides_builds_missing_sections():
     ("data.max_words=0.5", "integer"),
     ("name=none", "cannot be empty"),
     ("tokenizer.kind=pretrained", "tokenizer.path"),
+    ("train.kl.free_bits_groups=-1", "free_bits_groups"),
+    ("train.kl.free_bits_groups=3", "must divide model.latent_dim"),
 ])
 def test_bad_values_raise_config_error(override, needle):
     with pytest.raises(ConfigError, match=needle):

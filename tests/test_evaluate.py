@@ -34,9 +34,17 @@ def test_iw_k1_equals_negative_elbo_in_expectation(trained):
 
 
 def test_iw_bound_tightens_with_k(trained):
+    import copy
+
     ids = _ids(trained)
+    # A posterior four times as wide as the trained one: the same p(x) with a looser q(z|x), whose
+    # ELBO (K = 1) is far from log p(x), so that more samples have something to recover.
+    model = copy.deepcopy(trained.model)
+    L = model.cfg.latent_dim
+    with torch.no_grad():
+        model.to_posterior.bias[L:] += 2 * math.log(4.0)
     # the bound tightens in expectation: average each K over seeds
-    means = {k: sum(float(iw_nll(trained.model, ids, trained.tokenizer, k=k, seed=s).mean()) for s in range(8)) / 8
+    means = {k: sum(float(iw_nll(model, ids, trained.tokenizer, k=k, seed=s).mean()) for s in range(8)) / 8
              for k in (1, 10, 100)}
     assert means[1] > means[10] > means[100] - 0.02, means
     assert means[1] - means[100] > 0.05, means
@@ -352,14 +360,21 @@ def _refine_objective(trained, ids, mu, logvar):
 
 
 def test_refinement_lowers_each_sentences_objective(trained):
-    """Semi-amortised encoding (Kim et al. 2018): the refined means explain their sentences better."""
+    """Semi-amortised encoding (Kim et al. 2018): the refined means explain their sentences better.
+    From the encoder's own means each keeps its best point; from means moved off them by a unit of
+    noise (an encoder that is not at its optimum), the steps recover part of the difference."""
     ids = _ids(trained)
     mu, logvar = posterior_params(trained.model, ids, trained.tokenizer)
     refined = refine_posterior(trained.model, ids, trained.tokenizer, mu, logvar, steps=30, lr=0.01)
     before = _refine_objective(trained, ids, mu, logvar)
     after = _refine_objective(trained, ids, refined, logvar)
     assert (after <= before + 1e-3).all(), (before, after)  # each keeps its best point
-    assert float((before - after).sum()) > 0.2, (before, after)  # measured: 0.66 nats
+    start = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
+    refined = refine_posterior(trained.model, ids, trained.tokenizer, start, logvar, steps=30, lr=0.01)
+    before = _refine_objective(trained, ids, start, logvar)
+    after = _refine_objective(trained, ids, refined, logvar)
+    assert (after <= before + 1e-3).all(), (before, after)
+    assert float((before - after).sum()) > 0.5, (before, after)  # measured: 4.6 nats
     assert all(p.requires_grad for p in trained.model.parameters())
     assert refine_posterior(trained.model, ids, trained.tokenizer, mu, logvar, steps=0) is mu
 

@@ -48,6 +48,33 @@ def test_free_bits_gradient_vanishes_below_floor():
     assert kl.grad.tolist() == [[0.0, 1.0]]
 
 
+def test_free_bits_groups_floor_each_group_total():
+    # per-dimension batch means 0.05, 0.5, 2.0, 0.0 (as above), floor 0.3 per dimension
+    kl = torch.tensor([[0.0, 0.4, 1.0, 0.0],
+                       [0.1, 0.6, 3.0, 0.0]])
+    # one group: the total 2.55 is above 4 * 0.3, so it counts as itself
+    assert free_bits_kl(kl, 0.3, groups=1).item() == pytest.approx(2.55)
+    # one group whose total is below the floor counts as the floor
+    assert free_bits_kl(kl * 0.1, 0.3, groups=1).item() == pytest.approx(1.2)
+    # two groups of two: (0.55 -> floor 0.6) + 2.0
+    assert free_bits_kl(kl, 0.3, groups=2).item() == pytest.approx(0.6 + 2.0)
+    # as many groups as dimensions (or 0) is the per-dimension floor
+    assert free_bits_kl(kl, 0.3, groups=4).item() == pytest.approx(free_bits_kl(kl, 0.3).item())
+    with pytest.raises(ValueError, match="3 equal groups"):
+        free_bits_kl(kl, 0.3, groups=3)
+
+
+def test_free_bits_one_group_moves_nats_between_dimensions_for_free():
+    # below the total floor no dimension is pushed down, however the nats are spread; above it
+    # every dimension is pushed down alike (a per-dimension floor pushes only the ones above it)
+    kl = torch.tensor([[0.1, 2.0]], requires_grad=True)
+    free_bits_kl(kl, 1.5, groups=1).backward()
+    assert kl.grad.tolist() == [[0.0, 0.0]]
+    kl = torch.tensor([[0.1, 3.0]], requires_grad=True)
+    free_bits_kl(kl, 1.5, groups=1).backward()
+    assert kl.grad.tolist() == [[1.0, 1.0]]
+
+
 def test_reconstruction_nll_matches_manual_gather():
     g = torch.Generator().manual_seed(1)
     B, T, V = 3, 5, 11

@@ -670,3 +670,59 @@ def test_reset_decoder_keeps_the_encoder_and_the_shared_embedding(decoder):
     assert not any(k.startswith(("encoder.", "tok_emb", "to_posterior")) for k in changed)
     assert {id(p) for p in reset} <= {id(p) for p in model.decoder.parameters()}
     assert model.tok_emb.weight is not None and torch.equal(before["tok_emb.weight"], after["tok_emb.weight"])
+
+
+STANDARDIZE_CASES = {
+    "gru": dict(decoder={"type": "gru"}),
+    "transformer, both injections, heads": dict(bow_weight=1.0, position_weight=1.0),
+    "transformer, memory slots": dict(z_injection="memory", z_slots=3),
+    "conditional gru with an adversary": dict(decoder={"type": "gru"}, conditional="label", num_labels=2, label_dim=4,
+                                              adversary_weight=1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(STANDARDIZE_CASES))
+def test_standardize_latents_is_an_exact_change_of_coordinates(case):
+    """Every layer that reads z reads shift + scale * z', and the posterior gives z' = (z - shift) / scale:
+    for the same noise the decoder, the heads and the adversary give what they gave before."""
+    from textvae.config import DecoderConfig
+
+    kw = dict(STANDARDIZE_CASES[case])
+    if "decoder" in kw:
+        kw["decoder"] = DecoderConfig(**kw["decoder"])
+    model = make_model(**kw)
+    x, m = tokens(4, 9), torch.ones(4, 9, dtype=torch.bool)
+    labels = torch.tensor([0, 1, -1, 1]) if model.conditional else None
+    eps = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    shift, scale = torch.randn(8, generator=g) * 0.5, torch.rand(8, generator=g) * 2 + 0.2
+    with torch.no_grad():
+        a = model(x, m, x, eps=eps, labels=labels)
+        model.standardize_latents(shift, scale)
+        b = model(x, m, x, eps=eps, labels=labels)
+    torch.testing.assert_close(b.mu, (a.mu - shift) / scale, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.logvar, a.logvar - 2 * scale.log(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-4, rtol=1e-4)
+    for name in ("bow_logits", "position_logits", "adversary_logits", "class_logits"):
+        if getattr(a, name) is not None:
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-4, rtol=1e-4)
+    # a code of the new space decodes as its image in the old one did (generation's path)
+    with torch.no_grad():
+        z_new = torch.randn(2, 8, generator=g)
+        model2 = make_model(**kw)
+        code_old, code_new = shift + scale * z_new, z_new
+        if model.conditional:
+            y = torch.tensor([0, 1])
+            code_old, code_new = model2.code(code_old, y), model.code(code_new, y)
+        torch.testing.assert_close(model.decode(x[:2], code_new)[0], model2.decode(x[:2], code_old)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_standardize_latents_checks_its_arguments():
+    model = make_model()
+    with pytest.raises(ValueError, match="positive scale of 8"):
+        model.standardize_latents(torch.zeros(8), torch.zeros(8))
+    with pytest.raises(ValueError, match="positive scale of 8"):
+        model.standardize_latents(torch.zeros(7), torch.ones(7))
+    lm = make_model(latent_dim=0)
+    with pytest.raises(ValueError, match="no latent space"):
+        lm.standardize_latents(torch.zeros(0), torch.ones(0))

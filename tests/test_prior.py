@@ -211,21 +211,73 @@ def test_code_rows_is_a_seeded_subset_in_corpus_order():
 
 def test_final_codes_encodes_a_subset_for_the_prior_and_the_attributes(tmp_path):
     """train.final_codes N: the final checkpoint's prior and style vectors come from N training
-    sentences (the trained weights are those of a run that encodes all), and a prior fitted later,
-    when the file is missing, is fitted to the same N codes."""
+    sentences (the trained weights are those of a run that encodes all, in the training
+    coordinates), and a prior fitted later, when the file is missing, is fitted to the same N codes."""
     from helpers import tiny_config
     from textvae.train import train
 
-    run = train(tiny_config(["train.max_steps=3", "train.final_codes=60"]), tmp_path / "cap")
+    run = train(tiny_config(["train.max_steps=3", "train.final_codes=60", "train.standardize_latents=false"]),
+                tmp_path / "cap")
     loaded = ckpt.load_pretrained(run)
     stored = ckpt.load_prior(loaded, fit=False)
     assert stored.info["codes"] == 60
     attrs = ckpt.load_attributes(loaded.path, loaded.model)
     assert int(attrs.counts.sum()) == 60 and attrs.info["sentences_encoded"] == 60
-    full = ckpt.load_pretrained(train(tiny_config(["train.max_steps=3"]), tmp_path / "all"))
+    full = ckpt.load_pretrained(train(tiny_config(["train.max_steps=3", "train.standardize_latents=false"]),
+                                      tmp_path / "all"))
     assert ckpt.load_prior(full, fit=False).info["codes"] > 60
     a, b = loaded.model.state_dict(), full.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     (loaded.path / ckpt.PRIOR).unlink()
     refit = ckpt.load_prior(ckpt.load_pretrained(run))
     assert refit.info["codes"] == 60 and torch.equal(refit.means, stored.means)
+
+
+def test_aggregate_moments_of_a_mixture_of_gaussians():
+    """Mean and variance of the equal-weight mixture of N(mu_i, exp(logvar_i)), per dimension,
+    against the hand computation and against a large sample of the mixture."""
+    from textvae.prior import aggregate_moments
+
+    mu = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
+    logvar = torch.tensor([[0.0, -2.0], [math.log(3.0), -2.0]])
+    mean, std = aggregate_moments(mu, logvar)
+    torch.testing.assert_close(mean, torch.tensor([1.0, 1.0]))
+    # dim 0: Var[mu] = 1, E[var] = (1 + 3) / 2 = 2; dim 1: 0 + exp(-2)
+    torch.testing.assert_close(std, torch.tensor([math.sqrt(3.0), math.exp(-1.0)]))
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 2, (200_000,), generator=g)
+    z = mu[rows] + (0.5 * logvar[rows]).exp() * torch.randn(200_000, 2, generator=g)
+    torch.testing.assert_close(z.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), std, atol=0.02, rtol=0)
+
+
+def test_training_ends_in_standardised_coordinates(tmp_path):
+    """train.standardize_latents (the default): the final checkpoint's codes of the training
+    sentences it encoded have mean 0 and variance 1 per dimension in aggregate, its prior is fitted
+    to them, and its decoder reconstructs as the same run's in the training coordinates does."""
+    from helpers import tiny_config
+    from textvae.data import collate, prepare_split
+    from textvae.evaluate import posterior_params
+    from textvae.prior import aggregate_moments, code_rows
+    from textvae.train import train
+
+    cfg = tiny_config(["train.max_steps=6", "train.final_codes=60"])
+    std = ckpt.load_pretrained(train(cfg, tmp_path / "std"))
+    raw = ckpt.load_pretrained(train(tiny_config(["train.max_steps=6", "train.final_codes=60",
+                                                  "train.standardize_latents=false"]), tmp_path / "raw"))
+    corpus, _ = prepare_split(cfg.data.train, "train", std.tokenizer, cfg.model.max_len,
+                              min_words=cfg.data.min_words, max_words=cfg.data.max_words)
+    ids = [corpus.ids[i] for i in code_rows(len(corpus), 60, cfg.train.seed)]
+    with torch.no_grad():
+        mu, logvar = posterior_params(std.model, ids, std.tokenizer)
+        mean, sd = aggregate_moments(mu, logvar)
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0)
+        torch.testing.assert_close(sd, torch.ones_like(sd), atol=1e-4, rtol=0)
+        mean_raw, sd_raw = aggregate_moments(*posterior_params(raw.model, ids, raw.tokenizer))
+        assert (sd_raw - 1).abs().max() > 0.05  # the training coordinates were not standard already
+        assert ckpt.load_prior(std, fit=False) is not None
+        b = collate(ids[:8], std.tokenizer)
+        eps = torch.randn(len(b.enc_ids), cfg.model.latent_dim, generator=torch.Generator().manual_seed(0))
+        a_out = std.model(b.enc_ids, b.enc_mask, b.dec_in, eps=eps)
+        r_out = raw.model(b.enc_ids, b.enc_mask, b.dec_in, eps=eps)
+        torch.testing.assert_close(a_out.logits, r_out.logits, atol=1e-4, rtol=1e-4)

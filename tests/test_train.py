@@ -166,6 +166,32 @@ def test_records_follow_the_schedules(main_case):
         assert r["skipped_steps"] == 0
 
 
+@pytest.mark.parametrize("groups", [0, 1])
+def test_free_bits_groups_reach_the_objective(groups, tmp_path, monkeypatch):
+    """train.kl.free_bits_groups is the floor's grouping in the loss that training minimises
+    (its arithmetic: tests/test_losses.py), and the loss record follows that floor."""
+    import textvae.train as train_mod
+
+    seen = []
+    real = train_mod.elbo_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1])  # free_bits_groups, the last positional argument
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "elbo_loss", spy)
+    cfg = tiny_config(["train.max_steps=2", "train.log_every=1", "train.kl.free_bits=2.6",
+                       f"train.kl.free_bits_groups={groups}"])
+    train(cfg, tmp_path / "G")
+    assert seen and set(seen) == {groups}
+    floor = cfg.model.latent_dim * 2.6
+    for r in train_records(tmp_path / "G"):
+        if groups == 1:  # one group: the sentence's KL, or the floor when it is below it
+            assert r["kl_objective"] == pytest.approx(max(r["kl"], floor), rel=1e-5)
+        else:
+            assert r["kl_objective"] >= max(r["kl"], floor) * (1 - 1e-5)
+
+
 def test_validation_record_at_the_end(main_case):
     cfg, _, a, _, _ = main_case
     valid = [r for r in read_jsonl(a / "metrics.jsonl") if r["split"] == "valid"]
@@ -394,7 +420,8 @@ def test_training_log_samples_use_only_training_words(tmp_path, caplog):
 
 def test_keep_best_keeps_the_best_validation_weights(tmp_path):
     """train.keep_best: <run>/best holds the weights of the lowest validation -ELBO (re-evaluating
-    them gives the logged figure), the final checkpoint's files fitted to those weights, and a
+    them gives the logged reconstruction; the KL moved with train.standardize_latents, and without
+    it the logged -ELBO too), the final checkpoint's files fitted to those weights, and a
     stopped-and-resumed run ends with the same best checkpoint as an uninterrupted one."""
     from textvae.data import prepare_split
     from textvae.evaluate import evaluate_elbo
@@ -415,13 +442,22 @@ def test_keep_best_keeps_the_best_validation_weights(tmp_path):
                               min_words=cfg.data.min_words, max_words=cfg.data.max_words)
     again = evaluate_elbo(loaded.model, corpus, loaded.tokenizer, batch_size=2 * cfg.data.batch_size,
                           seed=cfg.train.seed)
-    assert again["neg_elbo"] == pytest.approx(best["neg_elbo"], rel=1e-4)
+    assert again["rec"] == pytest.approx(best["rec"], rel=1e-4)
+    assert again["kl"] != pytest.approx(best["kl"], rel=1e-4)  # standardised coordinates
     assert ckpt.load_prior(loaded, fit=False) is not None  # fitted to the best weights, not the last ones
     assert ckpt.load_seen_words(loaded, "seen") is not None
 
     train(cfg, b, stop_after=10)
     train(cfg, b, resume=True)
     assert ckpt.read_meta(b / BEST_DIR)["best"] == meta["best"]
+
+    c = tmp_path / "C"  # the same run in the training coordinates: the logged -ELBO itself
+    train(tiny_config(["train.max_steps=20", "train.eval_every=4", "train.save_every=4", "train.keep_best=neg_elbo",
+                       "train.standardize_latents=false"]), c)
+    loaded = ckpt.load_pretrained(c / BEST_DIR)
+    again = evaluate_elbo(loaded.model, corpus, loaded.tokenizer, batch_size=2 * cfg.data.batch_size,
+                          seed=cfg.train.seed)
+    assert again["neg_elbo"] == pytest.approx(best["neg_elbo"], rel=1e-4)
     assert file_hashes(b / BEST_DIR)[ckpt.WEIGHTS] == file_hashes(a / BEST_DIR)[ckpt.WEIGHTS]
 
 

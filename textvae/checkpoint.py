@@ -379,6 +379,13 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 ATTRIBUTES, ATTRIBUTES_INFO = "attributes.safetensors", "attributes.json"
 
 
+def weights_file(model: torch.nn.Module) -> bytes:
+    """The bytes of model.safetensors for these weights (for :func:`write_files`)."""
+    from safetensors.torch import save
+
+    return save(_state_dict(model), metadata={"format": "pt"})
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of the weights (names and bytes): ties files derived from a model to that model."""
     return _digest(_state_dict(model))

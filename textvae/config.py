@@ -305,6 +305,10 @@ class KLConfig:
     """cyclical: fraction of each cycle spent increasing beta; the rest stays at beta_max."""
     free_bits: float = 0.0
     """KL thresholding per latent dimension in nats (Kingma et al. 2016; Li et al. 2019); 0 disables."""
+    free_bits_groups: int = 0
+    """Where the free-bits floor applies: 0, each dimension (every one held at ``free_bits``); 1, the
+    whole of z (a floor of latent_dim * free_bits on the sentence's KL, spent on the dimensions the
+    encoder chooses); G, G equal groups of contiguous dimensions (Kingma et al. 2016's groups)."""
     reset_decoder_step: int = 0
     """At this step re-initialise the decoder (not the shared token embedding) and its optimiser
     state, keeping the encoder: with ``start_step`` at the same step, autoencoder pre-training
@@ -314,6 +318,8 @@ class KLConfig:
         _choice("train.kl.schedule", self.schedule, ("constant", "linear", "sigmoid", "cyclical"))
         if self.beta_max < 0 or self.free_bits < 0:
             raise ConfigError("train.kl.beta_max and train.kl.free_bits must be >= 0")
+        if self.free_bits_groups < 0:
+            raise ConfigError("train.kl.free_bits_groups must be >= 0 (0: one group per dimension)")
         if self.reset_decoder_step < 0:
             raise ConfigError("train.kl.reset_decoder_step must be >= 0 (0: off)")
         if self.warmup_steps < 0 or self.start_step < 0 or self.cycles < 1:
@@ -388,6 +394,12 @@ class TrainConfig:
     """Training sentences encoded after the last step for what the final checkpoint derives from
     the codes (the fitted prior and, for a labelled corpus, the style vectors): a random subset of
     this many, drawn with train.seed; 0 encodes every training sentence."""
+    standardize_latents: bool = True
+    """After the last step, re-express the latent space so that the training codes' aggregate
+    posterior has mean 0 and variance 1 in every dimension (an exact change of coordinates:
+    reconstructions stay as they were; SentenceVAE.standardize_latents). The KL to N(0, I) then
+    stops paying for codes that fill less (or more) of the space than the prior, and N(0, I)
+    samples land where the codes are. Uses the codes of train.final_codes."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
@@ -438,6 +450,10 @@ class Config:
                               "and tokenizer.path to the decoder's folder")
         if self.train.keep_best != "none" and not self.data.valid:
             raise ConfigError("train.keep_best picks the best checkpoint by validation: set data.valid")
+        groups, L = self.train.kl.free_bits_groups, self.model.latent_dim
+        if 0 < groups < L and L % groups:
+            raise ConfigError(f"train.kl.free_bits_groups={groups} must divide model.latent_dim={L} "
+                              f"(or be 0 for one group per dimension)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -476,7 +492,7 @@ INT_LIMITS: dict[str, int] = {
     "model.vocab_size": 1_000_000, "model.d_model": 16_384, "model.n_heads": 1_024, "model.enc_layers": 256,
     "model.dec_layers": 256, "model.d_ff": 262_144, "model.num_labels": 100_000, "model.label_dim": 16_384, "model.latent_dim": 16_384, "model.z_slots": 1_024,
     "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
-    "data.bucket_size": 1_000_000, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
+    "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
 }
 """Largest value of the integer keys that size memory (a config.json or --set cannot ask for a
 terabyte); every other integer key is bounded by :data:`MAX_INT`."""

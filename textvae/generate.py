@@ -186,6 +186,13 @@ ROW_TABLES = ("token_bias", "token_budget")
 
 
 @torch.no_grad()
+def _never_written(model: SentenceVAE, bos_id: int, eos_id: int) -> list[int]:
+    """Token ids a decoder never writes: bos and pad are never training targets (a sentence's
+    targets are its tokens and eos), so an undertrained decoder may give them some probability,
+    and a sampled one would end up in the text."""
+    return sorted({bos_id, getattr(model, "pad_id", bos_id)} - {eos_id})
+
+
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional["torch.Generator | RowSeeds"] = None,
@@ -220,6 +227,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         return _beam(model, z, bos_id, eos_id, beam_size, limit, words, token_bias, token_budget)
     B = z.shape[0]
     device = z.device
+    never = _never_written(model, bos_id, eos_id)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
@@ -233,6 +241,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         else:
             logits, _ = model.decode(prefix, z, last_only=True)
         logits = logits[:, -1].float()
+        logits[:, never] = float("-inf")
         if bias is not None:
             logits = logits + bias
         if no_repeat_ngram:
@@ -331,6 +340,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     if bias is not None:  # each beam its own row: (B*K, V)
         bias = bias.repeat_interleave(K, dim=0)
         left = None if left is None else left.repeat_interleave(K, dim=0)
+    never = _never_written(model, bos_id, eos_id)
     cache = model.init_cache(zk)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
@@ -342,6 +352,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     for step in range(limit):
         logits, cache = model.decode(tokens, zk, cache, start=step)
         logits = logits[:, -1].float()
+        logits[:, never] = float("-inf")
         logp = (logits if bias is None else logits + bias).log_softmax(-1)  # (B*K, V)
         if words is not None:
             logp = words.restrict(logp, states)

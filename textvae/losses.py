@@ -18,18 +18,31 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """KL term for the objective with a per-dimension floor ("free bits").
+def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float, groups: int = 0) -> torch.Tensor:
+    """KL term for the objective with a floor ("free bits").
 
-    Kingma et al. (2016) clamp the KL of each latent group from below at lambda, so the
-    optimiser gains nothing by pushing a dimension's KL under lambda; as in Li et al. (2019)
-    the floor applies to each dimension's KL averaged over the batch. Returns a scalar in
-    nats per sentence. With ``free_bits == 0`` this is the plain mean KL.
+    Kingma et al. (2016) split the latent dimensions into groups and clamp each group's KL from
+    below, so the optimiser gains nothing by pushing a group's KL under its floor; as in Li et al.
+    (2019) the floor applies to the KL averaged over the batch. ``free_bits`` is in nats per
+    dimension, so a group of n dimensions has the floor n * free_bits. ``groups`` 0: one group per
+    dimension (every dimension is held at the floor); 1: the whole of z is one group (the encoder
+    may spend the same total on fewer dimensions); G: G contiguous groups of equal size.
+    ``kl_per_dim`` (B, L) -> a scalar in nats per sentence. With ``free_bits == 0`` this is the
+    plain mean KL.
     """
-    per_dim = kl_per_dim.float().mean(0)  # (L,)
-    if free_bits > 0:
-        per_dim = per_dim.clamp_min(free_bits)
-    return per_dim.sum()
+    return floored_kl(kl_per_dim.float().mean(0), free_bits, groups)
+
+
+def floored_kl(per_dim: torch.Tensor, free_bits: float, groups: int = 0) -> torch.Tensor:
+    """:func:`free_bits_kl` of each dimension's batch-mean KL (L,) -> a scalar."""
+    if free_bits <= 0:
+        return per_dim.sum()
+    if groups <= 0 or groups >= per_dim.numel():
+        return per_dim.clamp_min(free_bits).sum()
+    if per_dim.numel() % groups:
+        raise ValueError(f"{per_dim.numel()} latent dimensions do not split into {groups} equal groups")
+    per_group = per_dim.view(groups, -1).sum(1)  # (G,)
+    return per_group.clamp_min(free_bits * per_dim.numel() / groups).sum()
 
 
 def reconstruction_nll(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -57,7 +70,8 @@ def bag_of_words_nll(bow_logits: torch.Tensor, targets: torch.Tensor, ignore_ids
 def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
               pad_id: int, beta: float = 1.0, free_bits: float = 0.0, bow_logits: Optional[torch.Tensor] = None,
               bow_weight: float = 0.0, bow_ignore: tuple[int, ...] = (),
-              position_logits: Optional[torch.Tensor] = None, position_weight: float = 0.0) -> dict[str, torch.Tensor]:
+              position_logits: Optional[torch.Tensor] = None, position_weight: float = 0.0,
+              free_bits_groups: int = 0) -> dict[str, torch.Tensor]:
     """Objective and its parts, averaged over the batch (nats per sentence).
 
     Returns a dict with ``loss`` (rec + beta * KL with free bits [+ bow_weight * bag-of-words
@@ -65,12 +79,13 @@ def elbo_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.Tensor, log
     term as optimised), ``neg_elbo`` (rec + KL, beta = 1, no free bits) and, when
     ``bow_logits`` is given, ``bow`` (:func:`bag_of_words_nll`, ignoring pad and ``bow_ignore``);
     when ``position_logits`` (B, T, V) is given, ``position`` (the positional head's token NLL,
-    :func:`reconstruction_nll` of its logits) weighted by ``position_weight``.
+    :func:`reconstruction_nll` of its logits) weighted by ``position_weight``. ``free_bits_groups``:
+    see :func:`free_bits_kl`.
     """
     rec = reconstruction_nll(logits, targets, pad_id).mean()
     kl_dim = gaussian_kl(mu, logvar)
     kl = kl_dim.sum(1).mean()
-    kl_obj = free_bits_kl(kl_dim, free_bits)
+    kl_obj = free_bits_kl(kl_dim, free_bits, free_bits_groups)
     out = {"loss": rec + beta * kl_obj, "rec": rec, "kl": kl, "kl_objective": kl_obj, "neg_elbo": rec + kl}
     if bow_logits is not None:
         out["bow"] = bag_of_words_nll(bow_logits, targets, (pad_id, *bow_ignore)).mean()
@@ -87,7 +102,7 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
                          bow_logits: Optional[torch.Tensor] = None, bow_weight: float = 0.0,
                          bow_ignore: tuple[int, ...] = (), position_logits: Optional[torch.Tensor] = None,
                          position_weight: float = 0.0, adversary_logits: Optional[torch.Tensor] = None,
-                         adversary_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                         adversary_weight: float = 0.0, free_bits_groups: int = 0) -> dict[str, torch.Tensor]:
     """The semi-supervised objective of a label-conditional VAE (Kingma et al. 2014, M2), averaged
     over the B sentences (nats per sentence).
 
@@ -101,7 +116,7 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
         logits (E, T, V), mu, logvar (E, L): the decoded rows; row r is sentence ``rows[r]`` under
             label ``row_labels[r]`` (see :class:`textvae.model.VAEOutput`).
         targets (B, T); class_logits (B, K); labels (B,), -1 for unlabelled.
-        free_bits: the per-dimension floor of :func:`free_bits_kl`, on the q(y|x)-weighted KL.
+        free_bits, free_bits_groups: the floor of :func:`free_bits_kl`, on the q(y|x)-weighted KL.
     Returns:
         the dict of :func:`elbo_loss` (``rec`` and ``kl`` weighted by q(y|x) for unlabelled rows,
         ``neg_elbo`` including the label terms), with ``classifier`` (mean -log q(y|x) over the
@@ -121,7 +136,7 @@ def semi_supervised_loss(logits: torch.Tensor, targets: torch.Tensor, mu: torch.
     kl_w = w[:, None] * gaussian_kl(mu, logvar)  # (E, L)
     kl = kl_w.sum() / B
     per_dim = kl_w.sum(0) / B  # each dimension's KL averaged over the sentences, as in free_bits_kl
-    kl_obj = (per_dim.clamp_min(free_bits) if free_bits > 0 else per_dim).sum()
+    kl_obj = floored_kl(per_dim, free_bits, free_bits_groups)
     entropy = -(logq.exp() * logq).sum(-1)  # (B,)
     unlabelled = (~labelled).float()
     ent_term = (entropy * unlabelled).sum() / B

@@ -147,6 +147,12 @@ class Decoder(Part):
     def init_cache(self, z: torch.Tensor) -> Any:
         raise NotImplementedError
 
+    def z_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The affine maps that read the code: (weight (out, in), bias (out,), first column of the
+        code among the weight's inputs). Every place the decoder reads z is one of them (the
+        latent space can then be re-expressed exactly: :meth:`SentenceVAE.standardize_latents`)."""
+        raise NotImplementedError
+
     def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         raise NotImplementedError
 
@@ -397,6 +403,9 @@ class TransformerDecoder(Decoder):
     def reorder_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
         return [(k[rows], v[rows]) for k, v in cache]
 
+    def z_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        return _linear_z_inputs(self)
+
 
 class GRUDecoder(Decoder):
     """The recurrent decoder of the classic sentence VAE (Bowman et al. 2016).
@@ -466,6 +475,13 @@ class GRUDecoder(Decoder):
 
     def reorder_cache(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return cache[:, rows]  # (layers, B, D)
+
+    def z_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        if self.latent_dim == 0:
+            return []
+        # z sets the initial state and is the last L columns of the first layer's input
+        return [(self.z_to_hidden.weight, self.z_to_hidden.bias, 0),
+                (self.rnn.weight_ih_l0, self.rnn.bias_ih_l0, self.d_model)]
 
 
 class PretrainedDecoder(Decoder):
@@ -546,6 +562,15 @@ class PretrainedDecoder(Decoder):
     def reorder_cache(self, cache, rows: torch.Tensor):
         cache.reorder_cache(rows)
         return cache
+
+    def z_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        return _linear_z_inputs(self)
+
+
+def _linear_z_inputs(decoder: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The Optimus injections' z projections (memory, embedding) of a transformer decoder."""
+    return [(m.weight, m.bias, 0) for m in (getattr(decoder, "z_to_memory", None), getattr(decoder, "z_to_embedding", None))
+            if m is not None]
 
 
 def _pretrained_part(kind: str, name_or_path: Optional[str], saved: Optional[dict]) -> nn.Module:
@@ -846,6 +871,45 @@ class SentenceVAE(nn.Module):
         if eps is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
+
+    @torch.no_grad()
+    def standardize_latents(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Re-express the latent space as z' = (z - shift) / scale, per dimension, exactly: the
+        posterior head then gives mu' = (mu - shift) / scale and log-variance logvar - 2 log scale,
+        and every layer that reads z reads shift + scale * z' instead (its weights' z columns
+        times scale, its bias plus those columns times shift). The decoder's distribution over
+        sentences for a sentence's code, and the reconstruction, stay as they were; what changes is
+        where the codes lie relative to the prior N(0, I): with ``shift``, ``scale`` the mean and
+        the standard deviation of the aggregate posterior (the training codes), the codes fill
+        N(0, I) as well as a diagonal Gaussian can, and the KL to it pays for information, not for
+        a mismatch of scale (the prior is then, in the old coordinates, that diagonal Gaussian).
+        shift, scale: (L,), scale > 0."""
+        if self.is_lm:
+            raise ValueError("a language model has no latent space")
+        L = self.cfg.latent_dim
+        shift = shift.detach().float().to(self.to_posterior.weight.device)
+        scale = scale.detach().float().to(self.to_posterior.weight.device)
+        if shift.shape != (L,) or scale.shape != (L,) or not bool((scale > 0).all()) or not bool(
+                torch.isfinite(shift).all() and torch.isfinite(scale).all()):
+            raise ValueError(f"standardize_latents needs a finite shift and a positive scale of {L} values")
+        w, b = self.to_posterior.weight, self.to_posterior.bias  # rows: mu (L), then logvar (L)
+        w[:L] /= scale[:, None].to(w.dtype)
+        b[:L] = ((b[:L].float() - shift) / scale).to(b.dtype)
+        b[L:] -= (2 * scale.log()).to(b.dtype)
+        if self.conditional:
+            self.label_to_posterior.weight[:L] /= scale[:, None].to(self.label_to_posterior.weight.dtype)
+        readers = list(self.decoder.z_inputs())
+        for name in ("z_to_bow", "adversary", "positional_head"):
+            m = getattr(self, name, None)
+            if m is None:
+                continue
+            first = {"z_to_bow": m, "adversary": m[0] if name == "adversary" else None,
+                     "positional_head": getattr(m, "z_in", None)}[name]
+            readers.append((first.weight, first.bias, 0))
+        for weight, bias, col in readers:
+            cols = weight[:, col:col + L]
+            bias += (cols.float() @ shift).to(bias.dtype)  # with the old columns
+            cols *= scale[None, :].to(cols.dtype)
 
     # ------------------------------------------------------------------ decoder
 

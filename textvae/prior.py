@@ -138,6 +138,16 @@ def fit_mixture(z: torch.Tensor, components: int = COMPONENTS, iterations: int =
     return GaussianMixture(gm.weights.float(), gm.means.float(), gm.variances.float(), gm.info)
 
 
+def aggregate_moments(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per dimension of the aggregate posterior, the mixture of the
+    N(mu_i, exp(logvar_i)) of N sentences: mean E[mu], variance Var[mu] + E[exp(logvar)].
+    (N, L) each -> (L,), (L,); float64 sums, float32 results."""
+    mu, var = mu.detach().double().cpu(), logvar.detach().double().cpu().exp()
+    mean = mu.mean(0)
+    std = (mu.var(0, unbiased=False) + var.mean(0)).sqrt()
+    return mean.float(), std.float()
+
+
 def code_rows(n: int, limit: int, seed: int) -> list[int]:
     """Which of n corpus rows to encode for the fitted prior and the style vectors: all of them
     (``limit`` 0 or >= n), else ``limit`` rows drawn without replacement with ``seed``, in corpus order."""

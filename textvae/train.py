@@ -593,9 +593,10 @@ def objective(run: TrainingRun, out: Any, targets: torch.Tensor, labels: Optiona
         return semi_supervised_loss(out.logits, targets, out.mu, out.logvar, out.class_logits, labels, out.rows,
                                     out.row_labels, tok.pad_id, beta, kl.free_bits, mc.classifier_weight,
                                     out.bow_logits, mc.bow_weight, (tok.eos_id,), out.position_logits,
-                                    mc.position_weight, out.adversary_logits, mc.adversary_weight)
+                                    mc.position_weight, out.adversary_logits, mc.adversary_weight,
+                                    kl.free_bits_groups)
     return elbo_loss(out.logits, targets, out.mu, out.logvar, tok.pad_id, beta, kl.free_bits, out.bow_logits,
-                     mc.bow_weight, (tok.eos_id,), out.position_logits, mc.position_weight)
+                     mc.bow_weight, (tok.eos_id,), out.position_logits, mc.position_weight, kl.free_bits_groups)
 
 
 def _loss_sums(run: TrainingRun) -> dict[str, float]:
@@ -709,10 +710,12 @@ def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> No
     if run.best is None or not run.dist.is_main:
         return
     if run.best["step"] == run.step and final_files is not None:
-        files = dict(final_files)
+        files, model = dict(final_files), run.model
     else:
         model = ckpt.load_pretrained(run.best_dir, device=run.device).model
         files, _ = _final_files(run, model, run.best["step"])
+    # the weights as the final files saw them (train.standardize_latents changes their coordinates)
+    files = {ckpt.WEIGHTS: ckpt.weights_file(model), **files}
     meta = {**ckpt.read_meta(run.best_dir), "final": True}
     files[ckpt.CONFIG] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")  # last: the folder is complete
     ckpt.write_files(run.best_dir, files)
@@ -788,6 +791,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
         corpus = Corpus([corpus.texts[i] for i in rows], [corpus.ids[i] for i in rows],
                         None if corpus.labels is None else [corpus.labels[i] for i in rows])
     posterior = posterior_params(model, corpus.ids, run.tok, batch_size=256)  # one pass for both
+    if tc.standardize_latents:
+        posterior = standardize(model, posterior)
     prior = fit_to_corpus(model, corpus.ids, run.tok, seed=tc.seed, posterior=posterior)
     files.update(ckpt.prior_files(prior, model))
     if corpus.labels is not None:
@@ -796,6 +801,25 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
         attrs = corpus_attributes(model, corpus, run.tok, run.label_names, info, mu=posterior[0])
         files.update(ckpt.attribute_files(attrs))
     return files, prior
+
+
+def standardize(model: SentenceVAE, posterior: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """train.standardize_latents: move the model's latent space so that the aggregate posterior of
+    the given codes has mean 0 and variance 1 per dimension (SentenceVAE.standardize_latents, an
+    exact change of coordinates), and return those codes (mu, logvar) in the new coordinates."""
+    from textvae.losses import gaussian_kl
+    from textvae.prior import aggregate_moments
+
+    mu, logvar = posterior
+    shift, scale = aggregate_moments(mu, logvar)
+    shift, scale = shift.to(mu.device), scale.to(mu.device)
+    before = float(gaussian_kl(mu, logvar).sum(1).mean())
+    model.standardize_latents(shift, scale)
+    mu, logvar = (mu - shift) / scale, logvar - 2 * scale.log()
+    log.info("latent space standardised on %d training codes (scale %.2f-%.2f): their KL to N(0, I) %.2f -> %.2f "
+             "nats, reconstructions unchanged", mu.shape[0], float(scale.min()), float(scale.max()), before,
+             float(gaussian_kl(mu, logvar).sum(1).mean()))
+    return mu, logvar
 
 
 def training_words(run: TrainingRun) -> Any:
