@@ -185,7 +185,6 @@ ROW_TABLES = ("token_bias", "token_budget")
 """The arguments of :func:`decode` with one (V,) row per code: a subset of the codes takes the same rows."""
 
 
-@torch.no_grad()
 def _never_written(model: SentenceVAE, bos_id: int, eos_id: int) -> list[int]:
     """Token ids a decoder never writes: bos and pad are never training targets (a sentence's
     targets are its tokens and eos), so an undertrained decoder may give them some probability,
@@ -193,6 +192,7 @@ def _never_written(model: SentenceVAE, bos_id: int, eos_id: int) -> list[int]:
     return sorted({bos_id, getattr(model, "pad_id", bos_id)} - {eos_id})
 
 
+@torch.no_grad()
 def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strategy: str = "greedy",
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
            max_len: Optional[int] = None, generator: Optional["torch.Generator | RowSeeds"] = None,

@@ -899,13 +899,9 @@ class SentenceVAE(nn.Module):
         if self.conditional:
             self.label_to_posterior.weight[:L] /= scale[:, None].to(self.label_to_posterior.weight.dtype)
         readers = list(self.decoder.z_inputs())
-        for name in ("z_to_bow", "adversary", "positional_head"):
-            m = getattr(self, name, None)
-            if m is None:
-                continue
-            first = {"z_to_bow": m, "adversary": m[0] if name == "adversary" else None,
-                     "positional_head": getattr(m, "z_in", None)}[name]
-            readers.append((first.weight, first.bias, 0))
+        heads = [getattr(self, "z_to_bow", None), getattr(getattr(self, "positional_head", None), "z_in", None),
+                 self.adversary[0] if hasattr(self, "adversary") else None]  # the layers of the heads that read z
+        readers += [(m.weight, m.bias, 0) for m in heads if m is not None]
         for weight, bias, col in readers:
             cols = weight[:, col:col + L]
             bias += (cols.float() @ shift).to(bias.dtype)  # with the old columns
