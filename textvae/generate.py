@@ -185,11 +185,11 @@ ROW_TABLES = ("token_bias", "token_budget")
 """The arguments of :func:`decode` with one (V,) row per code: a subset of the codes takes the same rows."""
 
 
-def _never_written(model: SentenceVAE, bos_id: int, eos_id: int) -> list[int]:
+def _never_written(model: SentenceVAE, bos_id: int, eos_id: int, device: torch.device) -> torch.Tensor:
     """Token ids a decoder never writes: bos and pad are never training targets (a sentence's
     targets are its tokens and eos), so an undertrained decoder may give them some probability,
-    and a sampled one would end up in the text."""
-    return sorted({bos_id, getattr(model, "pad_id", bos_id)} - {eos_id})
+    and a sampled one would end up in the text. Built once per decode, on ``device``."""
+    return torch.tensor(sorted({bos_id, getattr(model, "pad_id", bos_id)} - {eos_id}), dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -227,7 +227,7 @@ def decode(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, strate
         return _beam(model, z, bos_id, eos_id, beam_size, limit, words, token_bias, token_budget)
     B = z.shape[0]
     device = z.device
-    never = _never_written(model, bos_id, eos_id)
+    never = _never_written(model, bos_id, eos_id, device)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = torch.empty(B, 0, dtype=torch.long, device=device)
@@ -340,7 +340,7 @@ def _beam(model: SentenceVAE, z: torch.Tensor, bos_id: int, eos_id: int, beam_si
     if bias is not None:  # each beam its own row: (B*K, V)
         bias = bias.repeat_interleave(K, dim=0)
         left = None if left is None else left.repeat_interleave(K, dim=0)
-    never = _never_written(model, bos_id, eos_id)
+    never = _never_written(model, bos_id, eos_id, device)
     cache = model.init_cache(zk)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive

@@ -714,8 +714,9 @@ def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> No
     else:
         model = ckpt.load_pretrained(run.best_dir, device=run.device).model
         files, _ = _final_files(run, model, run.best["step"])
-    # the weights as the final files saw them (train.standardize_latents changes their coordinates)
-    files = {ckpt.WEIGHTS: ckpt.weights_file(model), **files}
+    if run.cfg.train.standardize_latents and not model.is_lm:
+        # the weights as the final files saw them: the standardisation changed their coordinates
+        files = {ckpt.WEIGHTS: ckpt.weights_file(model), **files}
     meta = {**ckpt.read_meta(run.best_dir), "final": True}
     files[ckpt.CONFIG] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")  # last: the folder is complete
     ckpt.write_files(run.best_dir, files)
