@@ -174,6 +174,10 @@ def test_apply_overrides_builds_missing_sections():
     ("name=none", "cannot be empty"),
     ("tokenizer.kind=pretrained", "tokenizer.path"),
     ("train.kl.free_bits_groups=-1", "free_bits_groups"),
+    ("train.calibrate_variance=-1", "calibrate_variance"),
+    ("train.decoder_only_steps=-1", "decoder_only_steps"),
+    ("train.decoder_only_steps=40", "fewer than train.max_steps"),
+    ("train.decoder_only_steps=10", "set train.calibrate_variance > 0"),
     ("train.kl.free_bits_groups=3", "must divide model.latent_dim"),
 ])
 def test_bad_values_raise_config_error(override, needle):

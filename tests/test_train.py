@@ -514,3 +514,113 @@ def test_adamw_is_fused_on_a_cpu_and_trains_the_same_weights_as_the_loop():
             o.zero_grad()
     for (name, p), q in zip(model.named_parameters(), loop_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _narrow_copy(run_dir, logvar: float):
+    """The shared tiny run loaded afresh, its posterior made far narrower than the ELBO wants."""
+    loaded = ckpt.load_pretrained(run_dir)
+    L = loaded.model.cfg.latent_dim
+    with torch.no_grad():
+        loaded.model.to_posterior.weight[L:] = 0.0
+        loaded.model.to_posterior.bias[L:] = logvar
+    return loaded
+
+
+def test_calibrate_variance_widens_a_too_narrow_posterior(trained_run):
+    """train.calibrate_variance: from a posterior far narrower than the ELBO's optimum, every
+    dimension's log-variance moves up, the plain -ELBO of the same training sentences with the same
+    noise falls, and nothing but the log-variance bias changes (the means, hence reconstructions,
+    stay); the frozen weights' flags and the train/eval mode come back; the same seed gives the
+    same offsets."""
+    from textvae.data import prepare_split
+    from textvae.train import _probe_elbo, calibrate_variance
+
+    cfg = tiny_config()
+    loaded = _narrow_copy(trained_run, -10.0)
+    model, tok, L = loaded.model, loaded.tokenizer, loaded.model.cfg.latent_dim
+    corpus, _ = prepare_split(cfg.data.train, "train", tok, cfg.model.max_len, min_words=cfg.data.min_words,
+                              max_words=cfg.data.max_words)
+    before_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rows, zero = list(range(64)), torch.zeros(L)
+    before, kl_before = _probe_elbo(model, corpus, tok, rows, zero, seed=0)
+    model.train()
+    offset = calibrate_variance(model, corpus, tok, steps=20, seed=0)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()
+    after, kl_after = _probe_elbo(model, corpus, tok, rows, zero, seed=0)
+    assert bool((offset > 0).all())
+    assert kl_after < kl_before - 0.1 * L and after < before - 0.1 * L  # each dimension pays less
+    for k, v in model.state_dict().items():
+        if k == "to_posterior.bias":
+            assert torch.equal(v[:L], before_weights[k][:L])
+            torch.testing.assert_close(v[L:], before_weights[k][L:] + offset)
+        else:
+            assert torch.equal(v, before_weights[k]), k
+    again = _narrow_copy(trained_run, -10.0)
+    assert torch.equal(calibrate_variance(again.model, corpus, tok, steps=20, seed=0), offset)
+
+
+@pytest.mark.parametrize("model", ["plain", "conditional"])
+def test_calibrate_variance_reaches_the_final_and_the_best_checkpoints(model, tmp_path):
+    """A run with train.calibrate_variance ends with the weights of the same run without it except
+    for the posterior's log-variance bias, in the final checkpoint and in <run>/best (a conditional
+    model too: calibrated on q(z|x, y))."""
+    from textvae.train import BEST_DIR
+
+    base = ["train.max_steps=8", "train.eval_every=4", "train.save_every=0", "train.keep_best=rec",
+            "train.standardize_latents=false"] + (["model.conditional=label"] if model == "conditional" else [])
+    a, b = tmp_path / "plain", tmp_path / "calibrated"
+    train(tiny_config(base), a)
+    train(tiny_config(base + ["train.calibrate_variance=5"]), b)
+    for sub in (".", BEST_DIR):
+        wa, wb = (load_file(str(ckpt.resolve(r / sub) / ckpt.WEIGHTS)) for r in (a, b))
+        L = tiny_config().model.latent_dim
+        assert set(wa) == set(wb)
+        for k in wa:
+            if k == "to_posterior.bias":
+                assert torch.equal(wa[k][:L], wb[k][:L]) and not torch.equal(wa[k][L:], wb[k][L:])
+            else:
+                assert torch.equal(wa[k], wb[k]), (sub, k)
+
+
+def test_decoder_only_steps_hold_the_posterior_and_resume_exactly(tmp_path):
+    """train.decoder_only_steps: over the last steps the weights of q(z|x) stay exactly as they
+    were when the phase began (but for the log-variance bias that the calibrations move) while the
+    decoder trains on; a run stopped right at the phase's start and resumed ends with the
+    uninterrupted run's weights."""
+    base = ["train.max_steps=10", "train.decoder_only_steps=4", "train.calibrate_variance=5", "train.save_every=0",
+            "train.eval_every=0", "train.standardize_latents=false"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(tiny_config(base), whole)
+    train(tiny_config(base), split, stop_after=6)
+    at_start = ckpt.load_pretrained(split)  # step 6: the phase has not begun
+    assert at_start.meta["step"] == 6
+    train(tiny_config(base), split, resume=True)
+    assert file_hashes(whole / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS] == file_hashes(split / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS]
+    end = ckpt.load_pretrained(whole)
+    L = end.model.cfg.latent_dim
+    names = {id(p): n for n, p in end.model.named_parameters()}
+    held = {names[id(p)] for p in end.model.posterior_parameters()}
+    assert {"to_posterior.weight", "to_posterior.bias"} <= held and any(n.startswith("encoder.") for n in held)
+    a, b = at_start.model.state_dict(), end.model.state_dict()
+    for name in held:
+        if name == "to_posterior.bias":
+            assert torch.equal(a[name][:L], b[name][:L]) and not torch.equal(a[name][L:], b[name][L:])
+        else:
+            assert torch.equal(a[name], b[name]), name
+    moved = [n for n in b if n.startswith("decoder.") and not torch.equal(a[n], b[n])]
+    assert moved  # the decoder trained on
+
+
+def test_posterior_parameters_of_a_conditional_model():
+    """A conditional model's q(z|x, y) and q(y|x) weights are among the held ones; the decoder's are not."""
+    from textvae.model import SentenceVAE
+
+    cfg = tiny_config(["model.conditional=label"]).model
+    from dataclasses import replace
+    model = SentenceVAE(replace(cfg, vocab_size=50, num_labels=2))
+    names = {id(p): n for n, p in model.named_parameters()}
+    held = {names[id(p)] for p in model.posterior_parameters()}
+    assert {"label_emb.weight", "label_to_posterior.weight"} <= held
+    assert any(n.startswith("classifier.") for n in held)
+    assert not any(n.startswith("decoder.") for n in held)

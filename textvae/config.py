@@ -400,6 +400,20 @@ class TrainConfig:
     reconstructions stay as they were; SentenceVAE.standardize_latents). The KL to N(0, I) then
     stops paying for codes that fill less (or more) of the space than the prior, and N(0, I)
     samples land where the codes are. Uses the codes of train.final_codes."""
+    calibrate_variance: int = 150
+    """After the last step (before train.standardize_latents), train one offset per latent
+    dimension to the posterior's log-variance, alone, for this many steps of the plain ELBO
+    (beta 1, no free bits) on training batches, every weight frozen; 0 skips it. Training at
+    beta < 1 or against a free-bits floor leaves the posterior narrower than the ELBO's optimum,
+    so z costs nats that buy no reconstruction; widening it lowers the KL and the
+    importance-weighted NLL. The posterior means, and with them reconstructions, interpolation and
+    transfer, stay as they were (textvae.train.calibrate_variance)."""
+    decoder_only_steps: int = 0
+    """The last this many of train.max_steps train the decoder alone (the weights of
+    SentenceVAE.posterior_parameters held still) against the posterior, its variance calibrated
+    first (train.calibrate_variance steps): the decoder learns to read codes at the noise the
+    ELBO gives them, not at the narrower noise of training at beta < 1. 0: off. Needs
+    train.calibrate_variance > 0."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
@@ -422,11 +436,18 @@ class TrainConfig:
             raise ConfigError("train.max_steps and train.grad_accum must be at least 1")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError("train.lr must be > 0 and 0 <= train.min_lr <= train.lr")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "final_codes"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "final_codes",
+                     "calibrate_variance", "decoder_only_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0")
         if self.log_every < 1:
             raise ConfigError("train.log_every must be at least 1")
+        if self.decoder_only_steps >= self.max_steps:
+            raise ConfigError(f"train.decoder_only_steps ({self.decoder_only_steps}) must be fewer than "
+                              f"train.max_steps ({self.max_steps})")
+        if self.decoder_only_steps and not self.calibrate_variance:
+            raise ConfigError("train.decoder_only_steps trains the decoder against the calibrated posterior: "
+                              "set train.calibrate_variance > 0 too")
 
 
 @dataclass(frozen=True)
@@ -492,7 +513,7 @@ INT_LIMITS: dict[str, int] = {
     "model.vocab_size": 1_000_000, "model.d_model": 16_384, "model.n_heads": 1_024, "model.enc_layers": 256,
     "model.dec_layers": 256, "model.d_ff": 262_144, "model.num_labels": 100_000, "model.label_dim": 16_384, "model.latent_dim": 16_384, "model.z_slots": 1_024,
     "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
-    "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
+    "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.calibrate_variance": 1_000_000, "train.decoder_only_steps": 100_000_000, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
 }
 """Largest value of the integer keys that size memory (a config.json or --set cannot ask for a
 terabyte); every other integer key is bounded by :data:`MAX_INT`."""

@@ -764,6 +764,22 @@ class SentenceVAE(nn.Module):
         for _, part in self._parts():
             part.finish_init()
 
+    def posterior_parameters(self) -> list[nn.Parameter]:
+        """The weights that shape q(z|x): the encoder, its pooling, the posterior head and the
+        token embedding the encoder reads (shared with the decoder), and a conditional model's
+        label embedding, label-to-posterior layer and classifier q(y|x). The decoder-only steps
+        at the end of training (train.decoder_only_steps) hold them still."""
+        if self.is_lm:
+            return []
+        parts = [self.encoder, getattr(self, "pool", None), self.to_posterior, getattr(self, "tok_emb", None),
+                 getattr(self, "label_emb", None), getattr(self, "label_to_posterior", None),
+                 getattr(self, "classifier", None)]
+        seen: dict[int, nn.Parameter] = {}
+        for part in parts:
+            if part is not None:
+                seen.update((id(p), p) for p in part.parameters())
+        return list(seen.values())
+
     def reset_decoder(self) -> list[nn.Parameter]:
         """Re-initialise the decoder's own layers and the z-to-decoder projections as at build
         time (the shared token embedding and the encoder stay): the decoder of autoencoder

@@ -577,6 +577,9 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
         # one device-to-host copy for all logged terms, not one sync per term
         for k, v in zip(stats.sums, torch.stack([terms[k].detach() for k in stats.sums]).tolist()):
             stats.sums[k] += v / tc.grad_accum
+    if tc.decoder_only_steps and run.step >= tc.max_steps - tc.decoder_only_steps:
+        for p in run.model.posterior_parameters():  # no gradient: AdamW neither moves nor decays them
+            p.grad = None
     stats.grad_norm = _clip_and_step(run)
     run.step += 1
     return stats
@@ -714,14 +717,31 @@ def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> No
     else:
         model = ckpt.load_pretrained(run.best_dir, device=run.device).model
         files, _ = _final_files(run, model, run.best["step"])
-    if run.cfg.train.standardize_latents and not model.is_lm:
-        # the weights as the final files saw them: the standardisation changed their coordinates
+    if (run.cfg.train.standardize_latents or run.cfg.train.calibrate_variance) and not model.is_lm:
+        # the weights as the final files saw them: calibration and standardisation changed them
         files = {ckpt.WEIGHTS: ckpt.weights_file(model), **files}
     meta = {**ckpt.read_meta(run.best_dir), "final": True}
     files[ckpt.CONFIG] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")  # last: the folder is complete
     ckpt.write_files(run.best_dir, files)
     log.info("best checkpoint: step %d, validation %s %.2f: %s", run.best["step"], run.best["metric"],
              run.best["value"], run.best_dir)
+
+
+def start_decoder_only(run: TrainingRun) -> None:
+    """Begin train.decoder_only_steps: calibrate the posterior's variance (train.calibrate_variance)
+    so that the decoder's last steps see codes as noisy as the ELBO wants them; from here on
+    train_step leaves the weights of q(z|x) where they are. Every rank calibrates alike; rank 0's
+    result is then given to all, so that no rounding difference splits their weights."""
+    tc = run.cfg.train
+    if run.model.is_lm:
+        return
+    calibrate_variance(run.model, run.train_set, run.tok, tc.calibrate_variance, tc.seed + run.step)
+    if run.dist.enabled:
+        bias = run.model.to_posterior.bias
+        with torch.no_grad():
+            bias.copy_(distributed.broadcast_object(bias.detach().cpu(), run.dist).to(bias.device))
+    log.info("step %d: the last %d steps train the decoder alone against the calibrated posterior", run.step,
+             tc.decoder_only_steps)
 
 
 def reset_decoder(run: TrainingRun) -> None:
@@ -784,6 +804,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     if model.is_lm:
         return files, None
     corpus, tc = run.train_set, run.cfg.train
+    if tc.calibrate_variance:
+        calibrate_variance(model, corpus, run.tok, tc.calibrate_variance, tc.seed)
     rows = code_rows(len(corpus), tc.final_codes, tc.seed)
     subset = {"sentences_encoded": len(rows)} if len(rows) < len(corpus) else {}
     if subset:
@@ -802,6 +824,94 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
         attrs = corpus_attributes(model, corpus, run.tok, run.label_names, info, mu=posterior[0])
         files.update(ckpt.attribute_files(attrs))
     return files, prior
+
+
+CALIBRATION_BATCH = 32  # training sentences per step of train.calibrate_variance
+CALIBRATION_LR = 0.05  # Adam's rate for the log-variance offsets, decayed linearly to 0 over the steps
+CALIBRATION_PROBE = 256  # training sentences on which the change of the ELBO is logged
+
+
+def calibrate_variance(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, steps: int, seed: int) -> torch.Tensor:
+    """train.calibrate_variance: fit one offset per latent dimension to the posterior's
+    log-variance by ``steps`` Adam steps on the plain negative ELBO (rec + KL: beta 1, no free
+    bits) of random training batches, every weight of the model frozen, then add it to the
+    posterior head's log-variance bias. Training at beta < 1 and against a free-bits floor pays
+    too little for narrow posteriors; this moves their width to where the ELBO, the likelihood
+    bound, wants it. The posterior means do not move. A conditional model is calibrated on
+    q(z|x, y) with the training label where it is known and the classifier's otherwise.
+    Deterministic for a seed on CPU. Returns the offsets (L,)."""
+    from textvae.prior import code_rows
+
+    L = model.cfg.latent_dim
+    device = next(model.parameters()).device
+    offset = torch.zeros(L, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([offset], lr=CALIBRATION_LR)
+    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
+    g = torch.Generator().manual_seed(seed)
+    probe = code_rows(len(corpus), CALIBRATION_PROBE, seed)
+    was_training, frozen = model.training, [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        before = _probe_elbo(model, corpus, tok, probe, offset, seed)
+        with torch.enable_grad():
+            for _ in range(steps):
+                rows = torch.randint(len(corpus), (CALIBRATION_BATCH,), generator=g).tolist()
+                neg_elbo, _ = _calibration_elbo(model, corpus.batch(rows, tok).to(device), tok, offset, g)
+                optimizer.zero_grad(set_to_none=True)
+                neg_elbo.mean().backward()
+                optimizer.step()
+                decay.step()
+        after = _probe_elbo(model, corpus, tok, probe, offset, seed)
+        with torch.no_grad():
+            bias = model.to_posterior.bias
+            bias[L:] += offset.detach().to(bias.dtype)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    sigma = (0.5 * offset.detach()).exp()
+    log.info("posterior variance calibrated (%d steps of the ELBO at beta 1): sigma x %.2f-%.2f; on %d training "
+             "sentences -ELBO %.2f -> %.2f nats (KL %.2f -> %.2f), posterior means unchanged", steps,
+             float(sigma.min()), float(sigma.max()), len(probe), before[0], after[0], before[1], after[1])
+    return offset.detach()
+
+
+def _calibration_elbo(model: SentenceVAE, b: Any, tok: Tokenizer, offset: torch.Tensor, g: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-ELBO and KL per sentence (B,) of a batch with the posterior log-variance moved by
+    ``offset``; one z per sentence, its noise from ``g``; gradients reach ``offset`` only."""
+    from textvae.losses import gaussian_kl, reconstruction_nll
+
+    with torch.no_grad():
+        h = model.summary(b.enc_ids, b.enc_mask)
+        labels = None
+        if model.conditional:
+            labels = model.classifier(h).argmax(-1)
+            if b.labels is not None:
+                labels = torch.where(b.labels >= 0, b.labels, labels)
+        mu, logvar = model.posterior(h, labels)
+    mu, logvar = mu.float(), logvar.float() + offset
+    eps = torch.randn(mu.shape, generator=g).to(mu.device)
+    z = mu + (0.5 * logvar).exp() * eps
+    logits, _ = model.decode(b.dec_in, model.code(z.to(h.dtype), labels))
+    kl = gaussian_kl(mu, logvar).sum(1)
+    return reconstruction_nll(logits, b.targets, tok.pad_id) + kl, kl
+
+
+@torch.no_grad()
+def _probe_elbo(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, rows: list[int], offset: torch.Tensor,
+                seed: int) -> tuple[float, float]:
+    """Mean -ELBO and KL of the given training rows, with the same noise on every call."""
+    g = torch.Generator().manual_seed(seed)
+    device = offset.device
+    sums = [0.0, 0.0]
+    for i in range(0, len(rows), 64):
+        neg_elbo, kl = _calibration_elbo(model, corpus.batch(rows[i:i + 64], tok).to(device), tok, offset, g)
+        sums[0] += float(neg_elbo.sum())
+        sums[1] += float(kl.sum())
+    return sums[0] / len(rows), sums[1] / len(rows)
 
 
 def standardize(model: SentenceVAE, posterior: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -930,6 +1040,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, stop_after: Optional[int]) 
     while run.step < last_stop:
         if tc.kl.reset_decoder_step and run.step == tc.kl.reset_decoder_step:
             reset_decoder(run)
+        if tc.decoder_only_steps and run.step == tc.max_steps - tc.decoder_only_steps:
+            start_decoder_only(run)
         stats = train_step(run, batches)
         window.tokens += stats.tokens
         progress.update(1)
