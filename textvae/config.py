@@ -389,7 +389,9 @@ class TrainConfig:
     keep_best: str = "none"
     """Also keep the weights of the best validation so far in <run>/best, a checkpoint like the
     final one (sampling, transfer, evaluation) that cannot be resumed: 'none', 'neg_elbo' (the
-    -ELBO at beta 1, the likelihood bound) or 'rec' (the reconstruction NLL). Needs data.valid."""
+    -ELBO at beta 1, the likelihood bound) or 'rec' (the reconstruction NLL). Needs data.valid.
+    With train.decoder_only_steps, 'rec' is not comparable across the calibration at their start
+    (a wider posterior's samples reconstruct worse by design): use 'neg_elbo'."""
     final_codes: int = 0
     """Training sentences encoded after the last step for what the final checkpoint derives from
     the codes (the fitted prior and, for a labelled corpus, the style vectors): a random subset of
@@ -513,7 +515,8 @@ INT_LIMITS: dict[str, int] = {
     "model.vocab_size": 1_000_000, "model.d_model": 16_384, "model.n_heads": 1_024, "model.enc_layers": 256,
     "model.dec_layers": 256, "model.d_ff": 262_144, "model.num_labels": 100_000, "model.label_dim": 16_384, "model.latent_dim": 16_384, "model.z_slots": 1_024,
     "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
-    "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.calibrate_variance": 1_000_000, "train.decoder_only_steps": 100_000_000, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
+    "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
+    "train.calibrate_variance": 1_000_000, "train.decoder_only_steps": 100_000_000,
 }
 """Largest value of the integer keys that size memory (a config.json or --set cannot ask for a
 terabyte); every other integer key is bounded by :data:`MAX_INT`."""
