@@ -726,3 +726,18 @@ def test_standardize_latents_checks_its_arguments():
     lm = make_model(latent_dim=0)
     with pytest.raises(ValueError, match="no latent space"):
         lm.standardize_latents(torch.zeros(0), torch.ones(0))
+
+
+def test_frozen_restores_the_mode_and_the_gradient_flags_even_after_an_error():
+    """SentenceVAE.frozen: eval mode and no gradients inside; afterwards each weight's own flag (one
+    was frozen before) and train mode come back, also when the block raises."""
+    model = SentenceVAE(small_model_config())
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.frozen():
+            assert not model.training and not any(p.requires_grad for p in model.parameters())
+            raise RuntimeError("inside")
+    assert model.training and not first.requires_grad
+    assert all(p.requires_grad for p in model.parameters() if p is not first)

@@ -386,12 +386,7 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
         return mu
     device = mu.device
     out = mu.detach().clone().float()
-    was_training = model.training
-    model.eval()
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    try:
+    with model.frozen():
         for rows in length_batches(ids, batch_size):
             idx = torch.as_tensor(rows, device=device)
             b = collate([ids[i] for i in idx.tolist()], tok).to(device)
@@ -417,10 +412,6 @@ def refine_posterior(model: SentenceVAE, ids: Sequence[Sequence[int]], tok: Toke
                 loss.sum().backward()  # a sum: each row's gradient is its own sentence's
                 opt.step()
             out[idx] = best
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
-        model.train(was_training)
     return out
 
 

@@ -27,9 +27,10 @@ Adding a part means adding a class with the interface and one line in ENCODERS o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -763,6 +764,22 @@ class SentenceVAE(nn.Module):
             self._init_weights(m)
         for _, part in self._parts():
             part.finish_init()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Eval mode and no gradient for any weight, both restored afterwards: for optimising
+        something fed to the model (a refined posterior mean, a log-variance offset) against
+        weights that stay as they are."""
+        was_training, flags = self.training, [(p, p.requires_grad) for p in self.parameters()]
+        self.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            self.train(was_training)
 
     def posterior_parameters(self) -> list[nn.Parameter]:
         """The weights that shape q(z|x): the encoder, its pooling, the posterior head and the

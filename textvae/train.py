@@ -849,11 +849,7 @@ def calibrate_variance(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, steps
     decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     g = torch.Generator().manual_seed(seed)
     probe = code_rows(len(corpus), CALIBRATION_PROBE, seed)
-    was_training, frozen = model.training, [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    try:
+    with model.frozen():
         before = _probe_elbo(model, corpus, tok, probe, offset, seed)
         with torch.enable_grad():
             for _ in range(steps):
@@ -864,13 +860,9 @@ def calibrate_variance(model: SentenceVAE, corpus: Corpus, tok: Tokenizer, steps
                 optimizer.step()
                 decay.step()
         after = _probe_elbo(model, corpus, tok, probe, offset, seed)
-        with torch.no_grad():
-            bias = model.to_posterior.bias
-            bias[L:] += offset.detach().to(bias.dtype)
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with torch.no_grad():
+        bias = model.to_posterior.bias
+        bias[L:] += offset.detach().to(bias.dtype)
     sigma = (0.5 * offset.detach()).exp()
     log.info("posterior variance calibrated (%d steps of the ELBO at beta 1): sigma x %.2f-%.2f; on %d training "
              "sentences -ELBO %.2f -> %.2f nats (KL %.2f -> %.2f), posterior means unchanged", steps,
