@@ -624,3 +624,19 @@ def test_posterior_parameters_of_a_conditional_model():
     assert {"label_emb.weight", "label_to_posterior.weight"} <= held
     assert any(n.startswith("classifier.") for n in held)
     assert not any(n.startswith("decoder.") for n in held)
+
+
+def test_keep_best_rec_with_decoder_only_steps_warns(tmp_path, caplog):
+    """The validation rec jumps at the calibration that starts the decoder-only steps: keeping the
+    best rec then keeps a step before them, and setup says so."""
+    from textvae.train import setup
+
+    with caplog.at_level("WARNING", logger="textvae"):
+        setup(tiny_config(["train.max_steps=10", "train.decoder_only_steps=4", "train.calibrate_variance=5",
+                           "train.keep_best=rec"]), tmp_path / "rec")
+    assert "keep_best 'rec' with train.decoder_only_steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="textvae"):
+        setup(tiny_config(["train.max_steps=10", "train.decoder_only_steps=4", "train.calibrate_variance=5",
+                           "train.keep_best=neg_elbo"]), tmp_path / "elbo")
+    assert "keep_best" not in caplog.text
