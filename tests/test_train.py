@@ -596,7 +596,8 @@ def test_decoder_only_steps_hold_the_posterior_and_resume_exactly(tmp_path):
     at_start = ckpt.load_pretrained(split)  # step 6: the phase has not begun
     assert at_start.meta["step"] == 6
     train(tiny_config(base), split, resume=True)
-    assert file_hashes(whole / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS] == file_hashes(split / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS]
+    weights_of = lambda run: file_hashes(run / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS]  # noqa: E731
+    assert weights_of(whole) == weights_of(split)
     end = ckpt.load_pretrained(whole)
     L = end.model.cfg.latent_dim
     names = {id(p): n for n, p in end.model.named_parameters()}

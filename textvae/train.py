@@ -798,7 +798,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     variance first calibrated by train.calibrate_variance and their latent space then
     standardised, both in place) and the training data: the training words (decoding only seen
     words), the prior fitted to the codes (textvae/prior.py) and, for a labelled corpus, the
-    attribute vectors of style transfer (textvae/transfer.py). Returns the files and the fitted prior (None for a language model)."""
+    attribute vectors of style transfer (textvae/transfer.py). Returns the files and the fitted
+    prior (None for a language model)."""
     from textvae.evaluate import posterior_params
     from textvae.prior import code_rows, fit_to_corpus
 
