@@ -178,11 +178,22 @@ def test_apply_overrides_builds_missing_sections():
     ("train.decoder_only_steps=-1", "decoder_only_steps"),
     ("train.decoder_only_steps=40", "fewer than train.max_steps"),
     ("train.decoder_only_steps=10", "set train.calibrate_variance > 0"),
+    ("train.elbo_steps=-1", "elbo_steps"),
+    ("train.elbo_steps=40", "fewer than train.max_steps"),
+    ("train.elbo_steps=10", "set train.calibrate_variance > 0"),
     ("train.kl.free_bits_groups=3", "must divide model.latent_dim"),
 ])
 def test_bad_values_raise_config_error(override, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(TINY_CONFIG, [override])
+
+
+def test_the_last_phases_must_leave_main_steps():
+    """train.elbo_steps and train.decoder_only_steps together must be fewer than train.max_steps."""
+    over = ["train.max_steps=10", "train.calibrate_variance=5", "train.decoder_only_steps=4"]
+    load_config(TINY_CONFIG, over + ["train.elbo_steps=5"])
+    with pytest.raises(ConfigError, match=r"decoder_only_steps \+ train.elbo_steps \(4 \+ 6\)"):
+        load_config(TINY_CONFIG, over + ["train.elbo_steps=6"])
 
 
 def test_bad_value_in_file(tmp_path):

@@ -260,10 +260,12 @@ def test_collate_gives_the_encoder_its_own_ids_of_the_same_sentence(trained):
 # --------------------------------------------------------------------------- checkpoints
 
 
+# The pretrained encoder costs about 13 s a run: by default it is tried with the GRU decoder (and
+# in the frozen-weights test below); its other two decoders run with -m slow.
 COMBOS = [("transformer", "gru"), ("transformer", "pretrained"),
-          pytest.param("pretrained", "transformer", marks=needs_minilm),
+          pytest.param("pretrained", "transformer", marks=[needs_minilm, pytest.mark.slow]),
           pytest.param("pretrained", "gru", marks=needs_minilm),
-          pytest.param("pretrained", "pretrained", marks=needs_minilm)]
+          pytest.param("pretrained", "pretrained", marks=[needs_minilm, pytest.mark.slow])]
 
 
 def _combo_overrides(enc: str, dec: str, gpt2: Path) -> list[str]:

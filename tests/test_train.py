@@ -613,6 +613,47 @@ def test_decoder_only_steps_hold_the_posterior_and_resume_exactly(tmp_path):
     assert moved  # the decoder trained on
 
 
+def test_training_phases_come_in_order():
+    from textvae.train import training_phase
+
+    tc = tiny_config(["train.max_steps=12", "train.calibrate_variance=5", "train.elbo_steps=4",
+                      "train.decoder_only_steps=3"]).train
+    assert [training_phase(s, tc) for s in range(12)] == ["main"] * 5 + ["elbo"] * 4 + ["decoder"] * 3
+    tc = tiny_config(["train.max_steps=12", "train.calibrate_variance=5", "train.elbo_steps=4"]).train
+    assert [training_phase(s, tc) for s in range(12)] == ["main"] * 8 + ["elbo"] * 4
+
+
+def test_elbo_steps_train_everything_on_the_plain_elbo_and_resume_exactly(tmp_path, caplog):
+    """train.elbo_steps: after the main steps (against a free-bits floor at beta < 1) the steps
+    of the phase record beta 1 and a KL objective without the floor, each phase starts with a
+    calibration, the encoder trains on in the ELBO steps, and a run stopped at the phase's start
+    and resumed ends with the uninterrupted run's weights."""
+    base = ["train.max_steps=10", "train.elbo_steps=3", "train.decoder_only_steps=2", "train.calibrate_variance=5",
+            "train.save_every=0", "train.eval_every=0", "train.standardize_latents=false", "train.log_every=1",
+            "train.kl.schedule=constant", "train.kl.beta_max=0.5", "train.kl.free_bits=2.6"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    with caplog.at_level("INFO", logger="textvae"):
+        train(tiny_config(base), whole)
+    assert caplog.text.count("posterior variance calibrated") == 3  # the two phases' starts and the end
+    assert "step 5: the next 3 steps train every weight on the plain ELBO" in caplog.text
+    assert "step 8: the last 2 steps train the decoder alone" in caplog.text
+    records = train_records(whole)
+    assert [r["step"] for r in records] == list(range(1, 11))
+    floor = tiny_config(base).model.latent_dim * 2.6
+    for r in records[:5]:
+        assert r["beta"] == 0.5 and r["kl_objective"] >= floor * (1 - 1e-6)
+    for r in records[5:8]:
+        assert r["beta"] == 1.0 and r["kl_objective"] == pytest.approx(r["kl"], rel=1e-6) and r["kl"] < floor
+        assert r["loss"] == pytest.approx(r["rec"] + r["kl"], rel=1e-5)
+    train(tiny_config(base), split, stop_after=5)
+    at_start = ckpt.load_pretrained(split)
+    train(tiny_config(base), split, resume=True)
+    weights_of = lambda run: file_hashes(run / ckpt.CHECKPOINT_DIR)[ckpt.WEIGHTS]  # noqa: E731
+    assert weights_of(whole) == weights_of(split)
+    a, b = at_start.model.state_dict(), ckpt.load_pretrained(whole).model.state_dict()
+    assert any(n.startswith("encoder.") and not torch.equal(a[n], b[n]) for n in a)
+
+
 def test_posterior_parameters_of_a_conditional_model():
     """A conditional model's q(z|x, y) and q(y|x) weights are among the held ones; the decoder's are not."""
     from textvae.model import SentenceVAE

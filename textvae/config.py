@@ -390,8 +390,9 @@ class TrainConfig:
     """Also keep the weights of the best validation so far in <run>/best, a checkpoint like the
     final one (sampling, transfer, evaluation) that cannot be resumed: 'none', 'neg_elbo' (the
     -ELBO at beta 1, the likelihood bound) or 'rec' (the reconstruction NLL). Needs data.valid.
-    With train.decoder_only_steps, 'rec' is not comparable across the calibration at their start
-    (a wider posterior's samples reconstruct worse by design): use 'neg_elbo'."""
+    With train.decoder_only_steps or train.elbo_steps, 'rec' is not comparable across the
+    calibration at their start (a wider posterior's samples reconstruct worse by design): use
+    'neg_elbo'."""
     final_codes: int = 0
     """Training sentences encoded after the last step for what the final checkpoint derives from
     the codes (the fitted prior and, for a labelled corpus, the style vectors): a random subset of
@@ -416,6 +417,14 @@ class TrainConfig:
     first (train.calibrate_variance steps): the decoder learns to read codes at the noise the
     ELBO gives them, not at the narrower noise of training at beta < 1. 0: off. Needs
     train.calibrate_variance > 0."""
+    elbo_steps: int = 0
+    """Steps of the plain ELBO (beta 1, no free bits) on every weight, just before
+    train.decoder_only_steps (or at the very end without them), starting from a posterior whose
+    variance is calibrated first (train.calibrate_variance steps). Training at beta < 1 fills z
+    with nats that buy less reconstruction than they cost the likelihood bound; these steps let
+    the encoder give up the dearest of them, and the decoder learn at the codes that stay. A
+    tighter bound and more fluent samples at some cost in reconstruction (docs/quality.md,
+    twelfth round). 0: off. Needs train.calibrate_variance > 0."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True
@@ -439,17 +448,18 @@ class TrainConfig:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError("train.lr must be > 0 and 0 <= train.min_lr <= train.lr")
         for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "final_codes",
-                     "calibrate_variance", "decoder_only_steps"):
+                     "calibrate_variance", "decoder_only_steps", "elbo_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0")
         if self.log_every < 1:
             raise ConfigError("train.log_every must be at least 1")
-        if self.decoder_only_steps >= self.max_steps:
-            raise ConfigError(f"train.decoder_only_steps ({self.decoder_only_steps}) must be fewer than "
-                              f"train.max_steps ({self.max_steps})")
-        if self.decoder_only_steps and not self.calibrate_variance:
-            raise ConfigError("train.decoder_only_steps trains the decoder against the calibrated posterior: "
-                              "set train.calibrate_variance > 0 too")
+        if self.decoder_only_steps + self.elbo_steps >= self.max_steps:
+            raise ConfigError(f"train.decoder_only_steps + train.elbo_steps ({self.decoder_only_steps} + "
+                              f"{self.elbo_steps}) must be fewer than train.max_steps ({self.max_steps})")
+        for name in ("decoder_only_steps", "elbo_steps"):
+            if getattr(self, name) and not self.calibrate_variance:
+                raise ConfigError(f"train.{name} starts from the calibrated posterior: set train.calibrate_variance "
+                                  "> 0 too")
 
 
 @dataclass(frozen=True)
@@ -517,6 +527,7 @@ INT_LIMITS: dict[str, int] = {
     "model.max_len": 16_384, "tokenizer.vocab_size": 1_000_000, "data.batch_size": 1_000_000,
     "data.bucket_size": 1_000_000, "train.kl.free_bits_groups": 16_384, "train.seed": 2**32 - 1, "train.threads": 1_024, "train.grad_accum": 1_000_000,
     "train.calibrate_variance": 1_000_000, "train.decoder_only_steps": 100_000_000,
+    "train.elbo_steps": 100_000_000,
 }
 """Largest value of the integer keys that size memory (a config.json or --set cannot ask for a
 terabyte); every other integer key is bounded by :data:`MAX_INT`."""

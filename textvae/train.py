@@ -29,7 +29,7 @@ import torch
 
 from textvae import checkpoint as ckpt
 from textvae import distributed
-from textvae.config import Config, apply_overrides, from_dict, load_config
+from textvae.config import Config, TrainConfig, apply_overrides, from_dict, load_config
 from textvae.data import BucketBatcher, Corpus, collate, prepare_split, read_training_texts
 from textvae.distributed import DistInfo
 from textvae.errors import CheckpointError, ConfigError, DataError, OptionError, TextVAEError
@@ -320,8 +320,9 @@ def setup(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingRun
         _restore_position(run, state)
     log.info("model: %.2fM parameters; device %s, precision %s%s; %s", model.num_parameters() / 1e6, device, precision,
              f", {dist.world_size} processes" if dist.enabled else "", data_desc)
-    if cfg.train.keep_best == "rec" and cfg.train.decoder_only_steps and not model.is_lm:
-        log.warning("train.keep_best 'rec' with train.decoder_only_steps: the calibration at their start widens "
+    if cfg.train.keep_best == "rec" and (cfg.train.decoder_only_steps or cfg.train.elbo_steps) and not model.is_lm:
+        log.warning("train.keep_best 'rec' with train.decoder_only_steps or train.elbo_steps: the calibration at "
+                    "their start widens "
                     "the posterior and raises the validation rec by design, so %s will hold a step before them; "
                     "'neg_elbo' compares the steps on one footing", BEST_DIR)
     _open_metrics(run, resumed=state is not None)
@@ -554,7 +555,11 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
     Advances ``run.step`` and the data position ``run.epoch`` / ``run.position``.
     """
     cfg, tc, tok = run.cfg, run.cfg.train, run.tok
+    phase = training_phase(run.step, tc)
     beta = kl_weight(run.step, tc.kl, tc.max_steps)  # KL annealing (Bowman et al. 2016)
+    free_bits = tc.kl.free_bits
+    if phase == "elbo":  # train.elbo_steps: the plain ELBO, the bound the likelihood is measured by
+        beta, free_bits = 1.0, 0.0
     p_drop = word_dropout_rate(run.step, tc.word_dropout)
     lr = learning_rate(run.step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps)
     for group in run.optimizer.param_groups:
@@ -576,12 +581,12 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
         with distributed.no_sync(run.ddp_model, run.dist, sync=micro == tc.grad_accum - 1):
             with run.amp:
                 out = run.train_model(b.enc_ids, b.enc_mask, dec_in, eps=eps, labels=labels)
-            terms = objective(run, out, b.targets, labels, beta)
+            terms = objective(run, out, b.targets, labels, beta, free_bits)
             run.scaler.scale(terms["loss"] / tc.grad_accum).backward()
         # one device-to-host copy for all logged terms, not one sync per term
         for k, v in zip(stats.sums, torch.stack([terms[k].detach() for k in stats.sums]).tolist()):
             stats.sums[k] += v / tc.grad_accum
-    if tc.decoder_only_steps and run.step >= tc.max_steps - tc.decoder_only_steps:
+    if phase == "decoder":
         for p in run.model.posterior_parameters():  # no gradient: AdamW neither moves nor decays them
             p.grad = None
     stats.grad_norm = _clip_and_step(run)
@@ -589,8 +594,19 @@ def train_step(run: TrainingRun, batches: Batches) -> StepStats:
     return stats
 
 
+def training_phase(step: int, tc: TrainConfig) -> str:
+    """What the step (0-based) trains: 'main' (the configured objective), 'elbo'
+    (train.elbo_steps: every weight on the plain ELBO) or 'decoder' (train.decoder_only_steps:
+    the decoder alone), in that order over train.max_steps."""
+    if step >= tc.max_steps - tc.decoder_only_steps:
+        return "decoder"
+    if step >= tc.max_steps - tc.decoder_only_steps - tc.elbo_steps:
+        return "elbo"
+    return "main"
+
+
 def objective(run: TrainingRun, out: Any, targets: torch.Tensor, labels: Optional[torch.Tensor],
-              beta: float) -> dict[str, torch.Tensor]:
+              beta: float, free_bits: float) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch: rec + beta * KL, the KL with free bits (Kingma et al.
     2016), + the bag-of-words (Zhao et al. 2017) and positional auxiliary losses; for a
     conditional model, summed over q(y|x) on unlabelled rows (Kingma et al. 2014), with the
@@ -598,11 +614,11 @@ def objective(run: TrainingRun, out: Any, targets: torch.Tensor, labels: Optiona
     mc, kl, tok = run.cfg.model, run.cfg.train.kl, run.tok
     if labels is not None:
         return semi_supervised_loss(out.logits, targets, out.mu, out.logvar, out.class_logits, labels, out.rows,
-                                    out.row_labels, tok.pad_id, beta, kl.free_bits, mc.classifier_weight,
+                                    out.row_labels, tok.pad_id, beta, free_bits, mc.classifier_weight,
                                     out.bow_logits, mc.bow_weight, (tok.eos_id,), out.position_logits,
                                     mc.position_weight, out.adversary_logits, mc.adversary_weight,
                                     kl.free_bits_groups)
-    return elbo_loss(out.logits, targets, out.mu, out.logvar, tok.pad_id, beta, kl.free_bits, out.bow_logits,
+    return elbo_loss(out.logits, targets, out.mu, out.logvar, tok.pad_id, beta, free_bits, out.bow_logits,
                      mc.bow_weight, (tok.eos_id,), out.position_logits, mc.position_weight, kl.free_bits_groups)
 
 
@@ -731,11 +747,11 @@ def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> No
              run.best["value"], run.best_dir)
 
 
-def start_decoder_only(run: TrainingRun) -> None:
-    """Begin train.decoder_only_steps: calibrate the posterior's variance (train.calibrate_variance)
-    so that the decoder's last steps see codes as noisy as the ELBO wants them; from here on
-    train_step leaves the weights of q(z|x) where they are. Every rank calibrates alike; rank 0's
-    result is then given to all, so that no rounding difference splits their weights."""
+def start_phase(run: TrainingRun, phase: str) -> None:
+    """Begin train.elbo_steps or train.decoder_only_steps (``phase`` 'elbo' or 'decoder'):
+    calibrate the posterior's variance (train.calibrate_variance) so that the phase starts from
+    codes as noisy as the ELBO wants them. Every rank calibrates alike; rank 0's result is then
+    given to all, so that no rounding difference splits their weights."""
     tc = run.cfg.train
     if run.model.is_lm:
         return
@@ -744,8 +760,12 @@ def start_decoder_only(run: TrainingRun) -> None:
         bias = run.model.to_posterior.bias
         with torch.no_grad():
             bias.copy_(distributed.broadcast_object(bias.detach().cpu(), run.dist).to(bias.device))
-    log.info("step %d: the last %d steps train the decoder alone against the calibrated posterior", run.step,
-             tc.decoder_only_steps)
+    if phase == "elbo":
+        log.info("step %d: the next %d steps train every weight on the plain ELBO (beta 1, no free bits)", run.step,
+                 tc.elbo_steps)
+    else:
+        log.info("step %d: the last %d steps train the decoder alone against the calibrated posterior", run.step,
+                 tc.decoder_only_steps)
 
 
 def reset_decoder(run: TrainingRun) -> None:
@@ -1038,8 +1058,9 @@ def _train(cfg: Config, out_dir: Path, resume: bool, stop_after: Optional[int]) 
     while run.step < last_stop:
         if tc.kl.reset_decoder_step and run.step == tc.kl.reset_decoder_step:
             reset_decoder(run)
-        if tc.decoder_only_steps and run.step == tc.max_steps - tc.decoder_only_steps:
-            start_decoder_only(run)
+        phase = training_phase(run.step, tc)
+        if phase != "main" and training_phase(run.step - 1, tc) != phase:  # the phase's first step
+            start_phase(run, phase)
         stats = train_step(run, batches)
         window.tokens += stats.tokens
         progress.update(1)
