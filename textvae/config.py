@@ -424,7 +424,8 @@ class TrainConfig:
     with nats that buy less reconstruction than they cost the likelihood bound; these steps let
     the encoder give up the dearest of them, and the decoder learn at the codes that stay. A
     tighter bound and more fluent samples at some cost in reconstruction (docs/quality.md,
-    twelfth round). 0: off. Needs train.calibrate_variance > 0."""
+    twelfth round). Auxiliary losses (model.bow_weight, model.position_weight, a conditional
+    model's classifier) stay as configured. 0: off. Needs train.calibrate_variance > 0."""
     log_every: int = 20
     """Append training metrics to metrics.jsonl every this many steps."""
     progress: bool = True

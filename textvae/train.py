@@ -322,9 +322,8 @@ def setup(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingRun
              f", {dist.world_size} processes" if dist.enabled else "", data_desc)
     if cfg.train.keep_best == "rec" and (cfg.train.decoder_only_steps or cfg.train.elbo_steps) and not model.is_lm:
         log.warning("train.keep_best 'rec' with train.decoder_only_steps or train.elbo_steps: the calibration at "
-                    "their start widens "
-                    "the posterior and raises the validation rec by design, so %s will hold a step before them; "
-                    "'neg_elbo' compares the steps on one footing", BEST_DIR)
+                    "their start widens the posterior and raises the validation rec by design, so %s will hold a "
+                    "step before them; 'neg_elbo' compares the steps on one footing", BEST_DIR)
     _open_metrics(run, resumed=state is not None)
     return run
 
