@@ -625,8 +625,8 @@ def test_training_phases_come_in_order():
 
 def test_elbo_steps_train_everything_on_the_plain_elbo_and_resume_exactly(tmp_path, caplog):
     """train.elbo_steps: after the main steps (against a free-bits floor at beta < 1) the steps
-    of the phase record beta 1 and a KL objective without the floor, each phase starts with a
-    calibration, the encoder trains on in the ELBO steps, and a run stopped at the phase's start
+    of the phase record beta 1 and a KL objective without the floor, the phase starts with a
+    calibration (the decoder-only steps after it need none), the encoder trains on in the ELBO steps, and a run stopped at the phase's start
     and resumed ends with the uninterrupted run's weights."""
     base = ["train.max_steps=10", "train.elbo_steps=3", "train.decoder_only_steps=2", "train.calibrate_variance=5",
             "train.save_every=0", "train.eval_every=0", "train.standardize_latents=false", "train.log_every=1",
@@ -634,9 +634,9 @@ def test_elbo_steps_train_everything_on_the_plain_elbo_and_resume_exactly(tmp_pa
     whole, split = tmp_path / "whole", tmp_path / "split"
     with caplog.at_level("INFO", logger="textvae"):
         train(tiny_config(base), whole)
-    assert caplog.text.count("posterior variance calibrated") == 3  # the two phases' starts and the end
+    assert caplog.text.count("posterior variance calibrated") == 2  # the ELBO steps' start and the end
     assert "step 5: the next 3 steps train every weight on the plain ELBO" in caplog.text
-    assert "step 8: the last 2 steps train the decoder alone" in caplog.text
+    assert "step 8: the last 2 steps train the decoder alone against the posterior of the ELBO steps" in caplog.text
     records = train_records(whole)
     assert [r["step"] for r in records] == list(range(1, 11))
     floor = tiny_config(base).model.latent_dim * 2.6

@@ -75,6 +75,11 @@ class DecoderConfig:
     either, prior samples end within model.max_len as every training sentence does (on the bundled
     corpus 99 % instead of 95 %); 'input' costs about 0.02 of latent efficiency there, 'end' nothing
     measurable (docs/quality.md). The transformer and pretrained decoders always have positions."""
+    z_skip: bool = False
+    """'gru': z also reaches every GRU layer after the first (concatenated to its input) and the
+    output (a projection of z added to the last layer's states before the output layer), not only
+    the first layer's input and the initial states: the skip connections of Dieng et al. (2019),
+    which shorten the path from z to every prediction."""
 
     def __post_init__(self) -> None:
         _check_part("model.decoder", self.type, ("transformer", "gru", "pretrained"), self.name_or_path, self.lr)
@@ -82,6 +87,8 @@ class DecoderConfig:
             raise ConfigError(f"model.decoder.positions must be one of {', '.join(GRU_POSITIONS)} (got {self.positions!r})")
         if self.positions != "none" and self.type != "gru":
             raise ConfigError(f"model.decoder.positions is a 'gru' option: the {self.type!r} decoder always has positions")
+        if self.z_skip and self.type != "gru":
+            raise ConfigError(f"model.decoder.z_skip is a 'gru' option: the {self.type!r} decoder reads z as model.z_injection says")
 
 
 GRU_POSITIONS = ("none", "input", "end")
