@@ -122,44 +122,6 @@ def test_kv_cache_step_by_step_equals_full(z_injection, z_slots):
         torch.testing.assert_close(v1, v2, rtol=0, atol=1e-5)
 
 
-def test_gru_z_skip_reaches_every_layer_and_the_output():
-    """model.decoder.z_skip (Dieng et al. 2019): z is concatenated to every GRU layer's input and
-    projected onto the output states. The skips start at zero (the model starts as the plain
-    GRU decoder); once trained, changing z moves layer 2's input and the output directly, and
-    step-by-step decoding still equals the full pass."""
-    from textvae.config import ConfigError, DecoderConfig
-
-    plain = make_model(perturb=0.0, decoder=DecoderConfig(type="gru"))
-    model = make_model(perturb=0.0, decoder=DecoderConfig(type="gru", z_skip=True))
-    dec = model.decoder
-    assert len(dec.rnns) == 2 and all(r.weight_ih_l0.shape == (3 * 32, 32 + 8) for r in dec.rnns)
-    assert dec.rnns[1].weight_ih_l0[:, 32:].abs().sum() == 0 and dec.z_to_out.weight.abs().sum() == 0
-    assert dec.rnns[0].weight_ih_l0[:, 32:].abs().sum() > 0  # the first layer reads z as the plain GRU does
-    assert not hasattr(plain.decoder, "rnns") and not hasattr(plain.decoder, "z_to_out")
-    # perturbed (as if trained): step-by-step decoding equals the full pass
-    model = make_model(decoder=DecoderConfig(type="gru", z_skip=True))
-    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
-    x = tokens(3, 11, seed=4)
-    with torch.no_grad():
-        full, state = model.decode(x, z)
-        cache, steps = model.init_cache(z), []
-        for t in range(x.shape[1]):
-            logits, cache = model.decode(x[:, t : t + 1], z, cache, start=t)
-            steps.append(logits)
-    assert full.abs().max() > 1.0
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
-    torch.testing.assert_close(cache, state, rtol=0, atol=1e-5)
-    assert state.shape == (2, 3, 32)
-    # the skips carry z: zeroing them changes the logits
-    with torch.no_grad():
-        model.decoder.rnns[1].weight_ih_l0[:, 32:] = 0
-        model.decoder.z_to_out.weight.zero_()
-        cut, _ = model.decode(x, z)
-    assert (cut - full).abs().max() > 1e-2
-    with pytest.raises(ConfigError, match="z_skip"):
-        DecoderConfig(type="transformer", z_skip=True)
-
-
 def test_decode_past_max_len_raises():
     model = make_model()
     with pytest.raises(ValueError, match="max_len"):
@@ -712,7 +674,6 @@ def test_reset_decoder_keeps_the_encoder_and_the_shared_embedding(decoder):
 
 STANDARDIZE_CASES = {
     "gru": dict(decoder={"type": "gru"}),
-    "gru with z skips": dict(decoder={"type": "gru", "z_skip": True}),
     "transformer, both injections, heads": dict(bow_weight=1.0, position_weight=1.0),
     "transformer, memory slots": dict(z_injection="memory", z_slots=3),
     "conditional gru with an adversary": dict(decoder={"type": "gru"}, conditional="label", num_labels=2, label_dim=4,

@@ -75,11 +75,6 @@ class DecoderConfig:
     either, prior samples end within model.max_len as every training sentence does (on the bundled
     corpus 99 % instead of 95 %); 'input' costs about 0.02 of latent efficiency there, 'end' nothing
     measurable (docs/quality.md). The transformer and pretrained decoders always have positions."""
-    z_skip: bool = False
-    """'gru': z also reaches every GRU layer after the first (concatenated to its input) and the
-    output (a projection of z added to the last layer's states before the output layer), not only
-    the first layer's input and the initial states: the skip connections of Dieng et al. (2019),
-    which shorten the path from z to every prediction."""
 
     def __post_init__(self) -> None:
         _check_part("model.decoder", self.type, ("transformer", "gru", "pretrained"), self.name_or_path, self.lr)
@@ -87,8 +82,6 @@ class DecoderConfig:
             raise ConfigError(f"model.decoder.positions must be one of {', '.join(GRU_POSITIONS)} (got {self.positions!r})")
         if self.positions != "none" and self.type != "gru":
             raise ConfigError(f"model.decoder.positions is a 'gru' option: the {self.type!r} decoder always has positions")
-        if self.z_skip and self.type != "gru":
-            raise ConfigError(f"model.decoder.z_skip is a 'gru' option: the {self.type!r} decoder reads z as model.z_injection says")
 
 
 GRU_POSITIONS = ("none", "input", "end")
@@ -421,7 +414,8 @@ class TrainConfig:
     decoder_only_steps: int = 0
     """The last this many of train.max_steps train the decoder alone (the weights of
     SentenceVAE.posterior_parameters held still) against the posterior, its variance calibrated
-    first (train.calibrate_variance steps): the decoder learns to read codes at the noise the
+    first (train.calibrate_variance steps; after train.elbo_steps, which train it on the same
+    objective, it is not calibrated again): the decoder learns to read codes at the noise the
     ELBO gives them, not at the narrower noise of training at beta < 1. 0: off. Needs
     train.calibrate_variance > 0."""
     elbo_steps: int = 0

@@ -437,15 +437,7 @@ class GRUDecoder(Decoder):
             self.pos_offset = cfg.max_len - self.pos.num_embeddings
         if L > 0:
             self.z_to_hidden = nn.Linear(L, layers * D)
-        self.z_skip = bool(cfg.decoder.z_skip) and L > 0
-        if self.z_skip:
-            # Dieng et al. 2019 (skip-VAE): z is concatenated to the input of every layer, not only
-            # the first, and a projection of z is added to the states the output layer reads
-            self.rnns = nn.ModuleList(nn.GRU(D + L, D, batch_first=True) for _ in range(layers))
-            self.z_to_out = nn.Linear(L, D)
-            self.layer_drop = nn.Dropout(cfg.dropout if layers > 1 else 0.0)
-        else:
-            self.rnn = nn.GRU(D + L, D, num_layers=layers, batch_first=True, dropout=cfg.dropout if layers > 1 else 0.0)
+        self.rnn = nn.GRU(D + L, D, num_layers=layers, batch_first=True, dropout=cfg.dropout if layers > 1 else 0.0)
         self.ln = nn.LayerNorm(D)
 
     @classmethod
@@ -453,12 +445,6 @@ class GRUDecoder(Decoder):
         return cls(cfg, tok_emb)
 
     def finish_init(self) -> None:
-        if self.z_skip:
-            # zero at first: the skips add paths from z without changing what the decoder starts as
-            for rnn in self.rnns[1:]:
-                nn.init.zeros_(rnn.weight_ih_l0[:, self.d_model:])
-            nn.init.zeros_(self.z_to_out.weight)
-            nn.init.zeros_(self.z_to_out.bias)
         if self.pos is not None:
             # zero at first: the decoder starts as the plain GRU and learns only the positions
             # that help (a random table, as large as the token embeddings, blurred the tokens
@@ -483,18 +469,8 @@ class GRUDecoder(Decoder):
             x = x + self.pos(where.clamp_min(0))
         x = self.drop(x)
         if self.latent_dim > 0:
-            zt = z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, T, L)
-            x = torch.cat([x, zt], dim=-1)  # (B, T, D + L)
-        if self.z_skip:
-            states = []
-            for i, rnn in enumerate(self.rnns):
-                if i > 0:
-                    x = torch.cat([self.layer_drop(x), zt], dim=-1)
-                x, s = rnn(x, cache[i:i + 1].to(x.dtype))
-                states.append(s)
-            out, state = x + self.z_to_out(z.to(x.dtype)).unsqueeze(1), torch.cat(states, dim=0)
-        else:
-            out, state = self.rnn(x, cache.to(x.dtype))
+            x = torch.cat([x, z.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)  # (B, T, D + L)
+        out, state = self.rnn(x, cache.to(x.dtype))
         h = self.ln(out)  # (B, T, D)
         return self._tok_emb.logits(h[:, -1:] if last_only else h), state  # tied output embedding
 
@@ -505,10 +481,6 @@ class GRUDecoder(Decoder):
         if self.latent_dim == 0:
             return []
         # z sets the initial state and is the last L columns of the first layer's input
-        # (with z_skip, of every layer's input, and the whole input of the output projection)
-        if self.z_skip:
-            return ([(self.z_to_hidden.weight, self.z_to_hidden.bias, 0), (self.z_to_out.weight, self.z_to_out.bias, 0)]
-                    + [(rnn.weight_ih_l0, rnn.bias_ih_l0, self.d_model) for rnn in self.rnns])
         return [(self.z_to_hidden.weight, self.z_to_hidden.bias, 0),
                 (self.rnn.weight_ih_l0, self.rnn.bias_ih_l0, self.d_model)]
 
