@@ -626,8 +626,9 @@ def test_training_phases_come_in_order():
 def test_elbo_steps_train_everything_on_the_plain_elbo_and_resume_exactly(tmp_path, caplog):
     """train.elbo_steps: after the main steps (against a free-bits floor at beta < 1) the steps
     of the phase record beta 1 and a KL objective without the floor, the phase starts with a
-    calibration (the decoder-only steps after it need none), the encoder trains on in the ELBO steps, and a run stopped at the phase's start
-    and resumed ends with the uninterrupted run's weights."""
+    calibration (the decoder-only steps after it start without one), the encoder trains on in the
+    ELBO steps, and a run stopped at the phase's start and resumed ends with the uninterrupted
+    run's weights."""
     base = ["train.max_steps=10", "train.elbo_steps=3", "train.decoder_only_steps=2", "train.calibrate_variance=5",
             "train.save_every=0", "train.eval_every=0", "train.standardize_latents=false", "train.log_every=1",
             "train.kl.schedule=constant", "train.kl.beta_max=0.5", "train.kl.free_bits=2.6"]

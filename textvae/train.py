@@ -749,7 +749,8 @@ def finish_best(run: TrainingRun, final_files: Optional[dict[str, bytes]]) -> No
 def start_phase(run: TrainingRun, phase: str) -> None:
     """Begin train.elbo_steps or train.decoder_only_steps (``phase`` 'elbo' or 'decoder'):
     calibrate the posterior's variance (train.calibrate_variance) so that the phase starts from
-    codes as noisy as the ELBO wants them. Every rank calibrates alike; rank 0's result is then
+    codes as noisy as the ELBO wants them; decoder-only steps that follow ELBO steps start from
+    the posterior those left, uncalibrated. Every rank calibrates alike; rank 0's result is then
     given to all, so that no rounding difference splits their weights."""
     tc = run.cfg.train
     if run.model.is_lm:
