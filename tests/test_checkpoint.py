@@ -301,6 +301,25 @@ def test_config_with_bad_values(ck):
         ckpt.load_pretrained(ck)
 
 
+def test_a_removed_option_at_its_harmless_value_loads_and_another_value_is_refused(ck, trained):
+    """config.json of older code may hold an option this code no longer has (model.decoder.z_skip):
+    off, the model is the one this code builds; on, it cannot be rebuilt. An unknown key that was
+    never an option is still an error."""
+    meta = json.loads((ck / ckpt.CONFIG).read_text(encoding="utf-8"))
+    meta["config"]["model"]["decoder"]["z_skip"] = False
+    (ck / ckpt.CONFIG).write_text(json.dumps(meta), encoding="utf-8")
+    loaded = ckpt.load_pretrained(ck)
+    assert loaded.config == trained.config
+    meta["config"]["model"]["decoder"]["z_skip"] = True
+    (ck / ckpt.CONFIG).write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"z_skip=True, an option this version of textvae no longer has"):
+        ckpt.load_pretrained(ck)
+    meta["config"]["model"]["decoder"] = {**trained.config.to_dict()["model"]["decoder"], "zz_top": 1}
+    (ck / ckpt.CONFIG).write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="unknown config key model.decoder.zz_top"):
+        ckpt.load_pretrained(ck)
+
+
 def test_tokenizer_with_other_vocabulary_size(ck, tiny_texts):
     other = train_bpe(tiny_texts, TokenizerConfig(kind="bpe", vocab_size=300))
     other.save(ck / ckpt.TOKENIZER)

@@ -263,8 +263,10 @@ def test_label_mistakes_are_one_line_errors(run_cli, conditional_run, trained_ru
     rc, _, err = run_cli("transfer", "--checkpoint", conditional_run, "--from", "kjv", "--to", "nope",
                          "--method", "relabel", S)
     assert_user_error(rc, err, "transfer", "unknown label 'nope'")
-    rc, _, err = run_cli("sample", "--checkpoint", trained_run, "--label", "kjv")
-    assert_user_error(rc, err, "sample", "--label needs a label-conditional model")
+    rc, _, err = run_cli("sample", "--checkpoint", trained_run, "--label", "kjv", "--prior", "normal")
+    assert_user_error(rc, err, "sample", "--label samples from the prior fitted to that label's training codes")
+    rc, _, err = run_cli("sample", "--checkpoint", trained_run, "--label", "shakespeare")
+    assert_user_error(rc, err, "sample", "unknown label 'shakespeare'", "kjv, web")
     rc, _, err = run_cli("transfer", "--checkpoint", trained_run, "--from", "kjv", "--to", "web", "--method", "relabel", S)
     assert_user_error(rc, err, "transfer", "relabel needs a label-conditional model")
     rc, _, err = run_cli("classify", "--checkpoint", trained_run, S)
@@ -298,9 +300,10 @@ def test_the_demo_samples_by_label_and_transfers_by_relabelling(conditional_run,
         demo.sample({"n": 2, "label": "nope"})
     moved = demo.transfer({"text": S, "source": "kjv", "target": "web", "method": "relabel"})
     assert moved["method"] == "relabel" and isinstance(moved["output"], str)
-    plain = Demo(TextVAE.from_pretrained(trained_run))
-    with pytest.raises(DemoError, match="not label-conditional"):
-        plain.sample({"n": 1, "label": "web"})
+    plain = Demo(TextVAE.from_pretrained(trained_run))  # labelled data, not conditional: the label's prior
+    assert plain.sample({"n": 2, "label": "web", "seed": 1})["label"] == "web"
+    with pytest.raises(DemoError, match="label"):
+        plain.sample({"n": 1, "label": "nope"})
     with pytest.raises(DemoError):
         plain.transfer({"text": S, "source": "kjv", "target": "web", "method": "relabel"})
 

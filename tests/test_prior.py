@@ -281,3 +281,68 @@ def test_training_ends_in_standardised_coordinates(tmp_path):
         a_out = std.model(b.enc_ids, b.enc_mask, b.dec_in, eps=eps)
         r_out = raw.model(b.enc_ids, b.enc_mask, b.dec_in, eps=eps)
         torch.testing.assert_close(a_out.logits, r_out.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fit_by_label_fits_each_label_to_its_own_codes():
+    """One mixture per label on that label's rows alone: unlabelled rows (-1) are left out, and a
+    label without rows gets no mixture."""
+    from textvae.prior import fit_by_label
+
+    z = _two_clusters()  # 600 rows near (4, 0, 0), then 300 near (-4, 1, 0)
+    labels = [0] * 600 + [1] * 290 + [-1] * 10
+    by = fit_by_label(z, labels, ["a", "b", "c"], components=2, seed=0)
+    assert set(by) == {"a", "b"}
+    assert by["a"].info["codes"] == 600 and by["b"].info["codes"] == 290 and by["b"].info["label"] == "b"
+    for name, centre in (("a", [4.0, 0.0, 0.0]), ("b", [-4.0, 1.0, 0.0])):
+        mean = by[name].weights @ by[name].means
+        assert torch.allclose(mean, torch.tensor(centre), atol=0.1)
+        draws = by[name].sample(2000, torch.Generator().manual_seed(1))
+        assert torch.allclose(draws.mean(0), torch.tensor(centre), atol=0.1)
+
+
+def test_training_stores_a_prior_per_label_and_sample_label_draws_from_it(trained, trained_run, monkeypatch):
+    """A labelled corpus and a model that is not label-conditional: the final checkpoint holds a
+    mixture per label, fitted to that label's codes (its mean is the label's mean code, the style
+    vector, up to the posterior noise of one draw per sentence), and ``sample(label=...)`` draws z
+    from it."""
+    import textvae.generate
+    from textvae.api import TextVAE
+
+    stored = ckpt.load_prior(trained, fit=False)
+    assert sorted(stored.by_label) == sorted(trained.label_names) == ["kjv", "web"]
+    assert sum(m.info["codes"] for m in stored.by_label.values()) == stored.info["codes"]
+    attrs = ckpt.load_attributes(trained.path, trained.model)
+    for name, vec in zip(attrs.labels, attrs.means):
+        gm = stored.by_label[name]
+        assert torch.allclose(gm.weights @ gm.means, vec, atol=0.5)
+    vae = TextVAE.from_pretrained(trained_run)
+    seen = []
+    real = textvae.generate.sample
+    monkeypatch.setattr(textvae.generate, "sample", lambda *a, **k: seen.append(k) or real(*a, **k))
+    web = vae.sample(3, seed=2, label="web")
+    assert len(web) == 3 and torch.equal(seen[-1]["prior"].means, stored.by_label["web"].means)
+    assert seen[-1]["label"] is None
+    vae.sample(3, seed=2)
+    assert torch.equal(seen[-1]["prior"].means, stored.means)
+
+
+def test_a_checkpoint_without_per_label_priors_gets_them_fitted_and_cached(copy_run):
+    """A checkpoint of older code stores only the corpus-wide mixture: the first ``--label`` fits
+    the per-label ones to the same codes as training would, keeps the stored mixture as it is,
+    and caches them in the folder."""
+    from textvae.api import TextVAE
+
+    run = copy_run()
+    loaded = ckpt.load_pretrained(run)
+    stored = ckpt.load_prior(loaded, fit=False)
+    expected = stored.by_label
+    stored.by_label = {}
+    ckpt.write_files(run / "checkpoint", ckpt.prior_files(stored, loaded.model))
+    assert ckpt.load_prior(ckpt.load_pretrained(run), fit=False).by_label == {}
+    vae = TextVAE.from_pretrained(run)
+    vae.sample(2, label="kjv")
+    again = ckpt.load_prior(ckpt.load_pretrained(run), fit=False)
+    assert torch.equal(again.means, stored.means)
+    assert sorted(again.by_label) == ["kjv", "web"]
+    for name in again.by_label:
+        assert torch.allclose(again.by_label[name].means, expected[name].means, atol=1e-4)

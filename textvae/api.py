@@ -280,7 +280,9 @@ class TextVAE:
         """n sentences decoded from codes drawn from the prior: 'normal' N(0, I), 'fitted' the
         mixture fitted to the training codes (textvae/prior.py), or 'auto' (the default) the fitted
         one when it can be had, else N(0, I). A conditional model writes in the
-        style of ``label`` (None: each sentence's label drawn from the uniform label prior).
+        style of ``label`` (None: each sentence's label drawn from the uniform label prior); a model
+        trained on labelled data that is not conditional draws its codes from the prior fitted to
+        that label's training codes (:meth:`label_prior`).
         ``z_temperature`` scales the prior's noise (default 0.8: nearer its modes; 1: the prior
         itself; textvae.generate.sample)."""
         return self.sample_detailed(n, seed, strategy, top_p, prior, label, z_temperature, **decode_kwargs)[0]
@@ -291,18 +293,51 @@ class TextVAE:
         """:meth:`sample`, also returning whether each sentence ended before the length limit."""
         from textvae.generate import sample
 
-        index = self.label_index(label) if label is not None else None
         if n < 1:
             raise InputError("the number of samples must be at least 1")
         if prior not in PRIORS:
             raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+        self.check_sample_label(label, prior)
+        index = self.label_index(label) if label is not None and self.conditional else None
         words = decode_kwargs.pop("words", ckpt.DEFAULT_WORDS)
         if isinstance(words, str):
             words = self.seen_words(words)
-        fitted = self.resolved_prior(prior)
+        fitted = self.label_prior(label) if label is not None and not self.conditional else self.resolved_prior(prior)
         return sample(self.model, self.tokenizer, n, seed=seed, batch_size=self.batch_size, prior=fitted,
                       label=index, z_temperature=z_temperature, strategy=strategy, top_p=top_p, words=words,
                       **decode_kwargs)
+
+    def check_sample_label(self, label: Optional[str], prior: str = DEFAULT_PRIOR) -> None:
+        """A one-line error, before any work, when :meth:`sample` cannot write in ``label``'s style:
+        a label the model was not trained on, an unlabelled training corpus, or (a model that is
+        not label-conditional, which samples from the prior fitted to that label's codes) --prior normal."""
+        if label is None:
+            return
+        if self.conditional:
+            self.label_index(label)
+            return
+        names = self.label_names
+        if not names:
+            raise InputError("--label needs a model trained on labelled data (data.label_column) or a "
+                             "label-conditional one; this one was trained without labels")
+        if label not in names:
+            raise InputError(f"unknown label {label!r}; the model was trained on: {', '.join(names)}")
+        if prior == "normal":
+            raise InputError("--label samples from the prior fitted to that label's training codes: use --prior "
+                             "fitted or auto, not normal")
+
+    def label_prior(self, label: str) -> Any:
+        """The mixture fitted to the training codes of one label (:func:`textvae.prior.fit_by_label`),
+        what a model that is not label-conditional samples from to write in that label's style.
+        Fitted and cached in the folder when the checkpoint lacks it (its training data must be readable)."""
+        self.check_sample_label(label, "fitted")
+        if "by_label" not in self._priors:
+            self._priors["by_label"] = ckpt.load_prior(self, labels=True)
+        by_label = self._priors["by_label"].by_label
+        if label not in by_label:
+            raise InputError(f"no training codes of label {label!r} were encoded for its prior (train.final_codes "
+                             f"drew none); labels with a prior: {', '.join(by_label) or 'none'}")
+        return by_label[label]
 
     def resolved_prior(self, mode: str = DEFAULT_PRIOR) -> Any:
         """The prior of ``mode`` (see :func:`textvae.checkpoint.resolve_prior`): the fitted mixture,

@@ -297,12 +297,36 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+REMOVED_OPTIONS = {("model", "decoder", "z_skip"): False}
+"""Config options that older code wrote into checkpoints and this code no longer has, each with the
+value under which the model is what this code builds (the option was off): a checkpoint with that
+value loads without it; another value cannot be rebuilt and is a one-line error."""
+
+
+def drop_removed_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config dict without the :data:`REMOVED_OPTIONS` that hold their harmless value."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for keys, harmless in REMOVED_OPTIONS.items():
+        node = config
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            continue
+        if node[keys[-1]] != harmless:
+            raise CheckpointError(f"this checkpoint was trained with {'.'.join(keys)}={node[keys[-1]]!r}, an option "
+                                  f"this version of textvae no longer has; load it with the version that trained it")
+        del node[keys[-1]]
+    return config
+
+
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """Load model, tokenizer and config from a checkpoint (or run) folder, checking they agree."""
     path = resolve(path)
     meta = read_meta(path)
     try:
-        config = from_dict(meta["config"])
+        config = from_dict(drop_removed_options(meta["config"]))
     except TextVAEError as e:
         raise CheckpointError(f"{path / CONFIG}: {e}") from None
     for name in (WEIGHTS, TOKENIZER):
@@ -523,13 +547,35 @@ PRIOR, PRIOR_INFO = "prior.safetensors", "prior.json"
 
 
 def prior_files(gm: Any, model: torch.nn.Module) -> dict[str, bytes]:
-    """The two files that hold a fitted prior (textvae/prior.py), tied to the model's weights."""
+    """The two files that hold a fitted prior (textvae/prior.py), with its per-label mixtures,
+    tied to the model's weights."""
     from safetensors.torch import save
 
-    tensors = save({"weights": gm.weights.contiguous(), "means": gm.means.contiguous(),
-                    "variances": gm.variances.contiguous()})
+    arrays, labels = {}, []
+    for prefix, part in [("", gm)] + [(f"label.{i}.", m) for i, m in enumerate(gm.by_label.values())]:
+        arrays.update({prefix + "weights": part.weights.contiguous(), prefix + "means": part.means.contiguous(),
+                       prefix + "variances": part.variances.contiguous()})
+        if prefix:
+            labels.append(part.info)
+    tensors = save(arrays)
     info = {**gm.info, "weights_sha256": weights_digest(model), "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
+    if labels:
+        info["labels"] = labels  # label i's mixture is label.{i}.*; its name is labels[i]["label"]
     return {PRIOR: tensors, PRIOR_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8")}
+
+
+def _mixture_from_files(raw: bytes, info: dict[str, Any]) -> Any:
+    from safetensors.torch import load
+
+    from textvae.prior import GaussianMixture
+
+    t = load(raw)
+    labels = info.get("labels", [])
+    by_label = {part["label"]: GaussianMixture(t[f"label.{i}.weights"], t[f"label.{i}.means"],
+                                               t[f"label.{i}.variances"], part)
+                for i, part in enumerate(labels)}
+    top = {k: v for k, v in info.items() if k != "labels"}
+    return GaussianMixture(t["weights"], t["means"], t["variances"], top, by_label)
 
 
 def resolve_prior(loaded: Loaded, mode: str) -> Optional[Any]:
@@ -555,40 +601,50 @@ def resolve_prior(loaded: Loaded, mode: str) -> Optional[Any]:
         return None
 
 
-def load_prior(loaded: Loaded, fit: bool = True) -> Any:
+def load_prior(loaded: Loaded, fit: bool = True, labels: bool = False) -> Any:
     """The checkpoint's fitted prior; one that is missing (or was fitted to other weights) is
-    fitted now to the config's training data and cached, when ``fit`` is set."""
-    from safetensors.torch import load
-
+    fitted now to the config's training data and cached, when ``fit`` is set. With ``labels``,
+    a stored prior without its per-label mixtures (a checkpoint of older code) gets them too."""
     from textvae.data import prepare_split
     from textvae.errors import DataError
-    from textvae.prior import GaussianMixture, code_rows, fit_to_corpus
+    from textvae.prior import code_rows, fit_to_corpus
 
     digest = weights_digest(loaded.model)
+    stored = None
     try:
         if loaded.path is None:
             raise OSError("no checkpoint folder")
         info = json.loads((loaded.path / PRIOR_INFO).read_text(encoding="utf-8"))
         raw = (loaded.path / PRIOR).read_bytes()
         if info.get("tensors_sha256") == hashlib.sha256(raw).hexdigest() and info.get("weights_sha256") == digest:
-            t = load(raw)
-            return GaussianMixture(t["weights"], t["means"], t["variances"], info)
+            stored = _mixture_from_files(raw, info)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError):
         pass
+    by_label = labels and bool(loaded.label_names) and not loaded.model.conditional
+    if stored is not None and (stored.by_label or not by_label):
+        return stored
     if not fit:
         raise CheckpointError(f"{loaded.path} has no fitted prior")
     dc = loaded.config.data
+    label_column = dc.label_column if by_label else None
     try:
         corpus, _ = prepare_split(dc.train, dc.train_split, loaded.tokenizer, loaded.config.model.max_len,
-                                  text_column=dc.text_column, min_words=dc.min_words, max_words=dc.max_words,
+                                  text_column=dc.text_column, label_column=label_column, min_words=dc.min_words,
+                                  max_words=dc.max_words, label_names=loaded.label_names if label_column else None,
                                   name="prior")
     except DataError as e:
-        raise CheckpointError(f"--prior fitted: {loaded.path} has no fitted prior and its training data cannot be "
+        what = "per-label priors" if stored is not None else "fitted prior"
+        raise CheckpointError(f"--prior fitted: {loaded.path} has no {what} and its training data cannot be "
                               f"read to fit one ({e})") from None
     tc = loaded.config.train
-    ids = [corpus.ids[i] for i in code_rows(len(corpus), tc.final_codes, tc.seed)]  # as training fits it
-    log.info("fitting the prior to the codes of %d training sentences", len(ids))
-    gm = fit_to_corpus(loaded.model, ids, loaded.tokenizer, seed=tc.seed)
+    rows = code_rows(len(corpus), tc.final_codes, tc.seed)  # as training fits it
+    ids = [corpus.ids[i] for i in rows]
+    ys = None if corpus.labels is None else [corpus.labels[i] for i in rows]
+    log.info("fitting the prior%s to the codes of %d training sentences", " of each label" if ys else "", len(ids))
+    gm = fit_to_corpus(loaded.model, ids, loaded.tokenizer, seed=tc.seed, labels=ys, label_names=loaded.label_names)
+    if stored is not None:  # keep the stored mixture, so that unlabelled sampling stays as it was
+        stored.by_label = gm.by_label
+        gm = stored
     try:
         if loaded.path is not None:
             write_files(loaded.path, prior_files(gm, loaded.model))

@@ -40,8 +40,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                    beam_size=args.beam_size, max_len=args.max_len, no_repeat_ngram=args.no_repeat_ngram)
     check_options(**options)
     vae = _load_vae(args, attributes=False, latent=False)
-    if args.label is not None:
-        vae.label_index(args.label)  # before any work
+    vae.check_sample_label(args.label, args.prior)  # before any work
     texts, finished = vae.sample_detailed(args.n, seed=args.seed, prior=args.prior, label=args.label,
                                           z_temperature=args.z_temperature, words=args.words, **options)
     _print_lines(texts)
@@ -433,8 +432,10 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _add_words(p)
     _add_prior(p)
-    p.add_argument("--label", metavar="LABEL", help="a label-conditional model (model.conditional=label): write in "
-                                                    "this label's style (default: each sentence's label drawn at random)")
+    p.add_argument("--label", metavar="LABEL", help="write in this label's style: a label-conditional model "
+                   "(model.conditional=label) decodes with it; a model trained on labelled data draws z from the "
+                   "prior fitted to that label's training codes (default: no label; a conditional model draws "
+                   "each sentence's label at random)")
     p.add_argument("--stats", action="store_true",
                    help="print eos rate, novelty against the training data and distinct-n as JSON on stderr")
 

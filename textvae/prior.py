@@ -44,6 +44,9 @@ class GaussianMixture:
     means: torch.Tensor  # (K, L)
     variances: torch.Tensor  # (K, L) diagonal covariances, or (K, L, L) full covariance matrices
     info: dict[str, Any] = field(default_factory=dict)
+    by_label: dict[str, "GaussianMixture"] = field(default_factory=dict)
+    """One mixture per label of a labelled training corpus, fitted to the codes of that label's
+    sentences alone (:func:`fit_by_label`); empty when the corpus had no labels."""
 
     @property
     def covariance(self) -> str:
@@ -157,15 +160,47 @@ def code_rows(n: int, limit: int, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[:limit].tolist())
 
 
+def posterior_codes(posterior: tuple[torch.Tensor, torch.Tensor], seed: int) -> torch.Tensor:
+    """One z ~ q(z|x) per row of ``posterior`` (mu, logvar), drawn with ``seed``: the codes the
+    fitted prior is fitted to. (N, L) on the CPU."""
+    mu, logvar = (t.cpu() for t in posterior)
+    g = torch.Generator().manual_seed(seed)
+    return mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
+
+
 def fit_to_corpus(model: Any, ids: list[list[int]], tok: Any, components: int = COMPONENTS, seed: int = 0,
-                  posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> GaussianMixture:
+                  posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                  labels: Optional[list[int]] = None, label_names: Optional[list[str]] = None) -> GaussianMixture:
     """The fitted prior of a model: one z ~ q(z|x) per sentence of a tokenised corpus (token-id
-    lists), then :func:`fit_mixture`. ``posterior``: the corpus's (mu, logvar) when already computed."""
+    lists), then :func:`fit_mixture`. ``posterior``: the corpus's (mu, logvar) when already computed.
+    With ``labels`` (a label index per sentence) and their ``label_names``, also one mixture per
+    label on the same codes (``by_label``, see :func:`fit_by_label`)."""
     from textvae.evaluate import posterior_params
 
     if posterior is None:
         posterior = posterior_params(model, ids, tok, batch_size=256)
-    mu, logvar = (t.cpu() for t in posterior)
-    g = torch.Generator().manual_seed(seed)
-    z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
-    return fit_mixture(z, min(components, len(ids)), seed=seed)
+    z = posterior_codes(posterior, seed)
+    gm = fit_mixture(z, min(components, len(ids)), seed=seed)
+    if labels is not None and label_names:
+        gm.by_label = fit_by_label(z, labels, label_names, components, seed)
+    return gm
+
+
+def fit_by_label(z: torch.Tensor, labels: list[int], label_names: list[str], components: int = COMPONENTS,
+                 seed: int = 0) -> dict[str, GaussianMixture]:
+    """A mixture per label, each fitted to the codes z (N, L) of the rows with that label index
+    (rows labelled -1, unlabelled, are left out; a label without rows gets none).
+
+    One prior over a corpus of several styles puts mass between their clusters too, and a code drawn
+    there decodes into a sentence that may change style halfway; sampling from the codes of one
+    label keeps a model that is not label-conditional in that label's style (``textvae sample
+    --label``)."""
+    y = torch.as_tensor(labels)
+    out: dict[str, GaussianMixture] = {}
+    for index, name in enumerate(label_names):
+        rows = (y == index).nonzero().squeeze(1)
+        if len(rows):
+            gm = fit_mixture(z[rows], min(components, len(rows)), seed=seed)
+            gm.info["label"] = name
+            out[name] = gm
+    return out

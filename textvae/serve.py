@@ -14,8 +14,9 @@ endpoint:
     POST /api/transfer      {"text": "...", "source": "kjv", "target": "web", "alpha": 1.5, "method": "mean-diff",
                              "copy_bias": 4}                                 -> {"output": "...", "alpha": 1.5}
 
-A label-conditional model (model.conditional 'label') also takes a sample's ``label`` and the
-transfer method ``relabel``. The transfer's method defaults to :data:`SLIDER_METHOD`, its alpha to that method's
+A model trained on labelled data also takes a sample's ``label`` (a label-conditional model,
+model.conditional 'label', decodes with it; another samples from that label's fitted prior); a
+conditional model also takes the transfer method ``relabel``. The transfer's method defaults to :data:`SLIDER_METHOD`, its alpha to that method's
 ``textvae.transfer.DEFAULT_ALPHA`` and its copy bias (nats on the source's own tokens; 0: the code alone) to
 ``textvae.transfer.DEFAULT_COPY_BIAS``; ``/api/info`` reports all three.
 
@@ -109,9 +110,9 @@ class Demo:
         temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
         z_temperature = _number(body, "z_temperature", DEFAULT_Z_TEMPERATURE, 0.05, MAX_Z_TEMPERATURE)
         label = None
-        if body.get("label") is not None:  # a label-conditional model writes in this label's style
-            if not getattr(self.vae, "conditional", False):
-                raise DemoError("this checkpoint is not label-conditional: it samples without a label")
+        if body.get("label") is not None:  # write in this label's style (a conditional model, or a per-label prior)
+            if not self.vae.label_names:
+                raise DemoError("this checkpoint was trained without labels: it samples without a label")
             label = _choice(body, "label", None, self.vae.label_names, what="label")
         with self.lock:
             extra = {"label": label} if label is not None else {}

@@ -824,7 +824,8 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     variance first calibrated by train.calibrate_variance and their latent space then
     standardised, both in place) and the training data: the training words (decoding only seen
     words), the prior fitted to the codes (textvae/prior.py) and, for a labelled corpus, the
-    attribute vectors of style transfer (textvae/transfer.py). Returns the files and the fitted
+    attribute vectors of style transfer (textvae/transfer.py) and, unless the model is
+    label-conditional, one fitted prior per label. Returns the files and the fitted
     prior (None for a language model)."""
     from textvae.evaluate import posterior_params
     from textvae.prior import code_rows, fit_to_corpus
@@ -848,7 +849,9 @@ def _final_files(run: TrainingRun, model: SentenceVAE, step: int) -> tuple[dict[
     posterior = posterior_params(model, corpus.ids, run.tok, batch_size=256)  # one pass for both
     if tc.standardize_latents:
         posterior = standardize(model, posterior)
-    prior = fit_to_corpus(model, corpus.ids, run.tok, seed=tc.seed, posterior=posterior)
+    by_label = corpus.labels is not None and not model.conditional  # sample --label draws from its label's codes
+    prior = fit_to_corpus(model, corpus.ids, run.tok, seed=tc.seed, posterior=posterior,
+                          labels=corpus.labels if by_label else None, label_names=run.label_names)
     files.update(ckpt.prior_files(prior, model))
     if corpus.labels is not None:
         dc = run.cfg.data
