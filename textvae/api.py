@@ -331,9 +331,10 @@ class TextVAE:
         what a model that is not label-conditional samples from to write in that label's style.
         Fitted and cached in the folder when the checkpoint lacks it (its training data must be readable)."""
         self.check_sample_label(label, "fitted")
-        if "by_label" not in self._priors:
-            self._priors["by_label"] = ckpt.load_prior(self, labels=True)
-        by_label = self._priors["by_label"].by_label
+        fitted = self._priors.get("fitted")
+        if fitted is None or not fitted.by_label:  # the fitted prior, with its per-label mixtures
+            fitted = self._priors["fitted"] = ckpt.load_prior(self, labels=True)
+        by_label = fitted.by_label
         if label not in by_label:
             raise InputError(f"no training codes of label {label!r} were encoded for its prior (train.final_codes "
                              f"drew none); labels with a prior: {', '.join(by_label) or 'none'}")
